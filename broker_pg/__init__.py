@@ -1,0 +1,27 @@
+"""broker_pg: a Dramatiq broker on PostgreSQL.
+
+``PostgresBroker`` replaces Redis or RabbitMQ with one line; run it with the
+standard ``dramatiq`` worker. Apply the schema first with ``migrate()`` or
+``zart-dramatiq migrate``.
+"""
+
+from .broker import DeadLetter, PostgresBroker
+from .consumer import PostgresMessageProxy
+from .database import DEFAULT_SCHEMA, Database, resolve_url
+from .errors import ConfigurationError, DatabaseUnavailable, MessageEncodeError
+from .migrations import migrate
+from .results import PostgresBackend
+
+__all__ = [
+    "DEFAULT_SCHEMA",
+    "ConfigurationError",
+    "Database",
+    "DatabaseUnavailable",
+    "DeadLetter",
+    "MessageEncodeError",
+    "PostgresBackend",
+    "PostgresBroker",
+    "PostgresMessageProxy",
+    "migrate",
+    "resolve_url",
+]

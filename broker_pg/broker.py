@@ -1,0 +1,502 @@
+"""PostgresBroker: a Dramatiq broker on PostgreSQL."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import dramatiq
+import psycopg
+from dramatiq import Message, MessageProxy
+from dramatiq.common import current_millis, dq_name, q_name
+from dramatiq.errors import QueueJoinTimeout, QueueNotFound
+
+from .consumer import (
+    DelayQueueConsumer,
+    PostgresConsumer,
+    PostgresMessageProxy,
+    QueueState,
+    settle,
+)
+from .database import DEFAULT_SCHEMA, Database, unreachable
+from .encoding import encode_message
+from .listener import Listener
+from .presence import WorkerPresence
+from .sqlfile import Queries
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A message that failed for good, kept for ``dead_letter_ttl``."""
+
+    id: int
+    queue_name: str
+    message_id: str
+    actor_name: str
+    deliveries: int
+    error: str | None
+    dead_at: Any
+    message: Message[Any] | None
+
+
+@dataclass
+class _Row:
+    queue_name: str
+    message_id: str
+    actor_name: str
+    priority: int
+    delay_ms: int
+    payload: bytes
+
+
+@dataclass
+class _Route:
+    """Where enqueues of the current context go: a caller's connection, a batch, or both."""
+
+    connection: psycopg.Connection | None = None
+    batch: list[tuple[_Row, Message[Any], int | None]] | None = None
+
+
+_route: ContextVar[_Route | None] = ContextVar("broker_pg_route", default=None)
+
+
+class PostgresBroker(dramatiq.Broker):
+    """A Dramatiq broker that keeps every message in PostgreSQL.
+
+    Parameters:
+      url: PostgreSQL URL; defaults to ``DATABASE_URL``, then an embedded server.
+      schema: the schema holding the broker's tables (see ``broker_pg.migrate``).
+      middleware: as for any Dramatiq broker.
+      pool_size: connections per process, shared by consumers, acks and enqueues.
+        A consuming process uses ``pool_size + 1`` connections (one LISTENs).
+      lease_timeout: seconds without a heartbeat after which a worker is presumed
+        lost and its messages are delivered again. A worker whose database
+        session ends is presumed lost at once.
+      heartbeat_interval: seconds between heartbeats (and lost-worker checks).
+      max_deliveries: deliveries lost to dead workers after which a message is
+        dead-lettered instead of delivered again.
+      dead_letter_ttl: how long dead letters are kept.
+      poll_interval: upper bound, in seconds, on how long a consumer relies on
+        notifications alone before it looks at its queue again.
+      fail_fast_default: the default of ``join(fail_fast=)``, as on StubBroker.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        schema: str = DEFAULT_SCHEMA,
+        middleware: list[dramatiq.Middleware] | None = None,
+        pool_size: int = 8,
+        lease_timeout: float = 30.0,
+        heartbeat_interval: float = 1.0,
+        max_deliveries: int = 5,
+        dead_letter_ttl: timedelta = timedelta(days=7),
+        poll_interval: float = 1.0,
+        fail_fast_default: bool = True,
+    ) -> None:
+        super().__init__(middleware=middleware)
+        self.db = Database(url, schema=schema, pool_size=pool_size, application_name="broker_pg")
+        self.queries = Queries("broker_pg", "queries.sql", self.db.schema)
+        self.channel = f"{self.db.schema}.messages"
+        self.heartbeat_interval = heartbeat_interval
+        self.poll_interval = poll_interval
+        self.fail_fast_default = fail_fast_default
+        self.queues: set[str] = set()
+        self.presence = WorkerPresence(
+            self.queries,
+            self.channel,
+            lease_timeout=lease_timeout,
+            max_deliveries=max_deliveries,
+            dead_letter_ttl=dead_letter_ttl.total_seconds(),
+        )
+        self._states: dict[str, QueueState] = {}
+        self._failures: dict[str, BaseException] = {}
+        self._lock = threading.Lock()
+        self._listener: Listener | None = None
+
+    # -- Declarations ------------------------------------------------------
+
+    def declare_queue(self, queue_name: str) -> None:
+        if queue_name in self.queues:
+            return
+        self.emit_before("declare_queue", queue_name)
+        self.queues.add(queue_name)
+        self.emit_after("declare_queue", queue_name)
+        delayed_name = dq_name(queue_name)
+        self.delay_queues.add(delayed_name)
+        self.emit_after("declare_delay_queue", delayed_name)
+
+    def get_declared_queues(self) -> set[str]:
+        return self.queues.copy()
+
+    def get_declared_delay_queues(self) -> set[str]:
+        return self.delay_queues.copy()
+
+    # -- Enqueueing --------------------------------------------------------
+
+    def enqueue(self, message: Message[Any], *, delay: int | None = None) -> Message[Any]:
+        """Store ``message``, due after ``delay`` milliseconds (if given).
+
+        Inside ``transaction(conn)`` the row is written on the caller's
+        connection; inside ``batch()`` it is written when the block ends.
+        """
+        queue_name = q_name(message.queue_name)
+        if queue_name not in self.queues:
+            raise QueueNotFound(queue_name)
+        if delay is not None:
+            # What Dramatiq's hooks and callers expect to see; the row itself is
+            # stored in the queue proper with a due time.
+            message = message.copy(
+                queue_name=dq_name(queue_name), options={"eta": current_millis() + delay}
+            )
+        self.emit_before("enqueue", message, delay)
+        row = self._row(message, delay)
+        route = _route.get()
+        if route is not None and route.batch is not None:
+            route.batch.append((row, message, delay))
+            return message
+        self._insert(row, connection=route.connection if route else None)
+        self.emit_after("enqueue", message, delay)
+        return message
+
+    def enqueue_parked(self, message: Message[Any], *, delay: int | None = None) -> int:
+        """Store ``message`` parked: no consumer claims it until ``wake(row_id)``.
+
+        With a ``delay`` the message is instead due then, unless woken earlier.
+        Returns the row id to wake it with. Used for durable event waits.
+        """
+        queue_name = q_name(message.queue_name)
+        if queue_name not in self.queues:
+            raise QueueNotFound(queue_name)
+        route = _route.get()
+        return self._insert(
+            self._row(message, delay),
+            connection=route.connection if route else None,
+            state="parked" if delay is None else "queued",
+        )
+
+    def _row(self, message: Message[Any], delay: int | None) -> _Row:
+        plain = message._message if isinstance(message, MessageProxy) else message
+        options = {k: v for k, v in plain.options.items() if k != "eta"}
+        stored = dataclasses.replace(plain, queue_name=q_name(plain.queue_name), options=options)
+        actor = self.actors.get(stored.actor_name)
+        return _Row(
+            queue_name=stored.queue_name,
+            message_id=stored.message_id,
+            actor_name=stored.actor_name,
+            priority=actor.priority if actor is not None else 0,
+            delay_ms=max(int(delay or 0), 0),
+            payload=encode_message(stored),
+        )
+
+    def _insert(
+        self, row: _Row, *, connection: psycopg.Connection | None, state: str = "queued"
+    ) -> int:
+        params = {**dataclasses.asdict(row), "state": state, "channel": self.channel}
+        if connection is not None:
+            return _one(connection.execute(self.queries["enqueue"], params))
+        with self.db.connection() as conn:
+            return _one(conn.execute(self.queries["enqueue"], params))
+
+    @contextmanager
+    def transaction(self, connection: psycopg.Connection) -> Iterator[None]:
+        """Write this context's enqueues on ``connection``, inside its transaction.
+
+        The messages commit with the caller's own writes, or vanish with a rollback.
+        """
+        outer = _route.get()
+        token = _route.set(_Route(connection=connection, batch=outer.batch if outer else None))
+        try:
+            yield
+        finally:
+            _route.reset(token)
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Buffer this context's enqueues and write them in one statement at the end.
+
+        If the block raises, nothing is enqueued. Inside ``transaction(conn)``,
+        the batch is written on that connection.
+        """
+        outer = _route.get()
+        batch: list[tuple[_Row, Message[Any], int | None]] = []
+        token = _route.set(_Route(connection=outer.connection if outer else None, batch=batch))
+        try:
+            yield
+        finally:
+            _route.reset(token)
+        if batch:
+            self._insert_many([row for row, _, _ in batch], outer.connection if outer else None)
+            for _, message, delay in batch:
+                self.emit_after("enqueue", message, delay)
+
+    def _insert_many(self, rows: list[_Row], connection: psycopg.Connection | None) -> None:
+        params = {
+            "queue_names": [r.queue_name for r in rows],
+            "message_ids": [r.message_id for r in rows],
+            "actor_names": [r.actor_name for r in rows],
+            "priorities": [r.priority for r in rows],
+            "delays_ms": [r.delay_ms for r in rows],
+            "payloads": [r.payload for r in rows],
+            "channel": self.channel,
+        }
+        if connection is not None:
+            connection.execute(self.queries["enqueue_many"], params)
+            return
+        with self.db.connection() as conn:
+            conn.execute(self.queries["enqueue_many"], params)
+
+    def wake(self, row_id: int, *, connection: psycopg.Connection | None = None) -> bool:
+        """Make a parked or delayed message due now; False if it is gone or running."""
+        params = {"id": row_id, "channel": self.channel}
+        if connection is not None:
+            return connection.execute(self.queries["wake"], params).fetchone() is not None
+        with self.db.connection() as conn:
+            return conn.execute(self.queries["wake"], params).fetchone() is not None
+
+    def discard(self, row_id: int, *, connection: psycopg.Connection | None = None) -> None:
+        """Delete a queued or parked message that has not started."""
+        params = {"id": row_id}
+        if connection is not None:
+            connection.execute(self.queries["discard"], params)
+            return
+        with self.db.connection() as conn:
+            conn.execute(self.queries["discard"], params)
+
+    # -- Consuming ---------------------------------------------------------
+
+    def consume(
+        self, queue_name: str, prefetch: int = 1, timeout: int = 5000
+    ) -> PostgresConsumer | DelayQueueConsumer:
+        if queue_name in self.delay_queues:
+            return DelayQueueConsumer(timeout)
+        if queue_name not in self.queues:
+            raise QueueNotFound(queue_name)
+        self._ensure_listening()
+        return PostgresConsumer(self, queue_name, prefetch, timeout)
+
+    def queue_state(self, queue_name: str) -> QueueState:
+        with self._lock:
+            return self._states.setdefault(queue_name, QueueState())
+
+    @property
+    def worker_id(self) -> Any:
+        return self.presence.worker_id
+
+    def _ensure_listening(self) -> None:
+        with self._lock:
+            if self._listener is None:
+                self._listener = Listener(
+                    self.db,
+                    self.channel,
+                    on_notify=self._on_notify,
+                    on_connect=self._on_listener_connect,
+                    on_tick=self.presence.beat,
+                    tick_interval=self.heartbeat_interval,
+                )
+                self._listener.start()
+            listener = self._listener
+        # Claims need the worker row that holds their leases to exist first.
+        if not listener.connected.wait(self.db.connect_timeout):
+            raise unreachable(self.db.url, TimeoutError("the listener could not connect"))
+
+    def _on_notify(self, queue_name: str) -> None:
+        state = self._states.get(queue_name)
+        if state is not None:
+            state.wake()
+
+    def _on_listener_connect(self, conn: psycopg.Connection) -> None:
+        self.presence.register(conn)
+        # Notifications may have been missed while disconnected.
+        for state in list(self._states.values()):
+            state.wake()
+
+    def ack_and_claim(
+        self, queue_name: str, acks: list[tuple[int, int]], limit: int
+    ) -> tuple[list[tuple[Any, ...]], float | None]:
+        """Settle ``acks`` and lease up to ``limit`` due messages of ``queue_name``.
+
+        Returns the claimed rows and, when fewer than ``limit`` were due, the
+        seconds until the next delayed message of the queue is due (or None).
+        """
+        params = {
+            "ack_ids": [a[0] for a in acks],
+            "ack_deliveries": [a[1] for a in acks],
+            "worker_id": self.worker_id,
+            "queue_name": queue_name,
+            "limit": limit,
+        }
+        with self.db.connection() as conn:
+            rows = conn.execute(self.queries["ack_and_claim"], params).fetchall()
+            if len(rows) >= limit:
+                return rows, None
+            due_in = conn.execute(
+                self.queries["seconds_until_next_due"], {"queue_name": queue_name}
+            ).fetchone()
+        return rows, (max(due_in[0], 0.0) if due_in and due_in[0] is not None else None)
+
+    def ack_within(self, connection: psycopg.Connection, message: MessageProxy) -> None:
+        """Ack ``message`` inside the caller's transaction on ``connection``.
+
+        The row is deleted when that transaction commits, together with the
+        caller's writes; the Worker's own ack of the message is then a no-op.
+        """
+        if not isinstance(message, PostgresMessageProxy) or not settle(message):
+            return
+        connection.execute(
+            self.queries["ack"],
+            {"id": message.row_id, "deliveries": message.delivery, "worker_id": self.worker_id},
+        )
+        self.queue_state(q_name(message.queue_name)).released()
+
+    def dead_letter(self, message: PostgresMessageProxy) -> None:
+        """Move a delivered message to dead letters, with its error."""
+        error = message._exception
+        if error is not None:
+            self._failures.setdefault(q_name(message.queue_name), error)
+        description = (
+            f"{type(error).__name__}: {error}"
+            if error is not None
+            else message.options.get("traceback")
+        )
+        with self.db.connection() as conn:
+            conn.execute(
+                self.queries["dead_letter"],
+                {
+                    "id": message.row_id,
+                    "deliveries": message.delivery,
+                    "worker_id": self.worker_id,
+                    "payload": encode_message(message._message),
+                    "error": description,
+                },
+            )
+
+    def bury_undecodable(self, row_id: int, error: str) -> None:
+        with self.db.connection() as conn:
+            conn.execute(
+                self.queries["dead_letter_undecodable"],
+                {"id": row_id, "worker_id": self.worker_id, "error": error},
+            )
+
+    def requeue(self, row_ids: list[int]) -> None:
+        """Hand claimed, unstarted messages back to their queues at once."""
+        with self.db.connection() as conn:
+            conn.execute(
+                self.queries["requeue"],
+                {"ids": row_ids, "worker_id": self.worker_id, "channel": self.channel},
+            )
+
+    # -- Dead letters ------------------------------------------------------
+
+    def list_dead_letters(
+        self, queue_name: str | None = None, *, limit: int = 100
+    ) -> list[DeadLetter]:
+        """Dead letters, oldest first, optionally of one queue."""
+        with self.db.connection() as conn:
+            rows = conn.execute(
+                self.queries["list_dead_letters"], {"queue_name": queue_name, "limit": limit}
+            ).fetchall()
+        return [DeadLetter(*row[:7], message=_decode_or_none(row[7])) for row in rows]
+
+    def requeue_dead_letters(
+        self, ids: list[int] | None = None, *, queue_name: str | None = None
+    ) -> int:
+        """Put dead letters back on their queues; return how many."""
+        with self.db.connection() as conn:
+            row = conn.execute(
+                self.queries["requeue_dead_letters"],
+                {"ids": ids, "queue_name": queue_name, "channel": self.channel},
+            ).fetchone()
+        return int(row[0]) if row else 0
+
+    def purge_dead_letters(
+        self, *, queue_name: str | None = None, older_than: timedelta | None = None
+    ) -> int:
+        """Delete dead letters; return how many."""
+        with self.db.connection() as conn:
+            row = conn.execute(
+                self.queries["purge_dead_letters"],
+                {
+                    "queue_name": queue_name,
+                    "older_than": older_than.total_seconds() if older_than else None,
+                },
+            ).fetchone()
+        return int(row[0]) if row else 0
+
+    # -- Test and maintenance helpers --------------------------------------
+
+    def join(
+        self, queue_name: str, *, timeout: int | None = None, fail_fast: bool | None = None
+    ) -> None:
+        """Wait until ``queue_name`` has no queued, delayed or running messages.
+
+        Parked messages (durable event waits) are not waited for. With
+        ``fail_fast``, re-raise the error of a message of this queue that this
+        process dead-lettered. Raises QueueJoinTimeout after ``timeout`` ms.
+        """
+        queue_name = q_name(queue_name)
+        fail_fast = self.fail_fast_default if fail_fast is None else fail_fast
+        deadline = None if timeout is None else time.monotonic() + timeout / 1000
+        while True:
+            if fail_fast and queue_name in self._failures:
+                raise self._failures[queue_name]
+            with self.db.connection() as conn:
+                pending = _one(
+                    conn.execute(self.queries["count_pending"], {"queue_name": queue_name})
+                )
+            if pending == 0:
+                if fail_fast and queue_name in self._failures:
+                    raise self._failures[queue_name]
+                return
+            if deadline is not None and time.monotonic() >= deadline:
+                raise QueueJoinTimeout(queue_name)
+            time.sleep(0.005)
+
+    def flush(self, queue_name: str) -> None:
+        queue_name = q_name(queue_name)
+        self._flush([queue_name])
+
+    def flush_all(self) -> None:
+        self._flush(sorted(self.queues))
+
+    def _flush(self, queue_names: list[str]) -> None:
+        with self.db.connection() as conn, conn.transaction():
+            conn.execute(self.queries["flush"], {"queue_names": queue_names})
+            conn.execute(self.queries["flush_dead_letters"], {"queue_names": queue_names})
+        for name in queue_names:
+            self._failures.pop(name, None)
+
+    def close(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.stop()
+            try:
+                with self.db.connection() as conn:
+                    self.presence.unregister(conn)
+            except Exception:
+                logger.warning("Could not unregister worker %s.", self.worker_id, exc_info=True)
+        self.db.close()
+
+
+def _one(cursor: psycopg.Cursor[Any]) -> Any:
+    row = cursor.fetchone()
+    assert row is not None
+    return row[0]
+
+
+def _decode_or_none(payload: bytes) -> Message[Any] | None:
+    try:
+        return Message.decode(payload)
+    except Exception:
+        return None

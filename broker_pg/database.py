@@ -1,0 +1,171 @@
+"""Where the database is, and a fork-safe connection pool to it."""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import psycopg
+from psycopg import conninfo
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from .errors import ConfigurationError, DatabaseUnavailable
+
+#: The schema every table lives in unless told otherwise.
+DEFAULT_SCHEMA = "zart"
+
+_SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+_EMBEDDED_DIR_ENV = "ZART_EMBEDDED_PGDATA"
+
+
+def resolve_url(url: str | None = None) -> str:
+    """Return the PostgreSQL URL to use.
+
+    In order: the explicit ``url``, else ``DATABASE_URL``, else an embedded
+    PostgreSQL (pgserver, when the ``embedded`` extra is installed) kept in
+    ``$ZART_EMBEDDED_PGDATA`` or ``./.zart/pgdata``.
+    """
+    if url:
+        return url
+    if env_url := os.environ.get("DATABASE_URL"):
+        return env_url
+    try:
+        import pgserver  # type: ignore[import-untyped]
+    except ImportError:
+        raise ConfigurationError(
+            "No PostgreSQL configured. Pass url=... or set DATABASE_URL, e.g. "
+            "DATABASE_URL=postgresql://postgres@127.0.0.1:5432/postgres, or install the "
+            "embedded server with: pip install 'zart-dramatiq[embedded]'"
+        ) from None
+    data_dir = Path(os.environ.get(_EMBEDDED_DIR_ENV, ".zart/pgdata")).resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    # cleanup_mode=None leaves the server running for the worker processes that follow.
+    return str(pgserver.get_server(data_dir, cleanup_mode=None).get_uri())
+
+
+def validate_schema(schema: str) -> str:
+    """Return ``schema`` if it is a plain SQL identifier, else raise ConfigurationError."""
+    if not _SCHEMA_NAME.match(schema):
+        raise ConfigurationError(
+            f"Invalid schema name {schema!r}: use letters, digits and underscores, "
+            "starting with a letter or underscore (at most 63 characters)."
+        )
+    return schema
+
+
+def describe(url: str) -> str:
+    """Name the server of ``url`` as host:port/dbname, without the password."""
+    params = conninfo.conninfo_to_dict(url)
+    host = params.get("host") or "localhost"
+    return f"{host}:{params.get('port') or 5432}/{params.get('dbname') or ''}"
+
+
+def unreachable(url: str, error: BaseException) -> DatabaseUnavailable:
+    """Build the error raised when the server of ``url`` cannot be reached."""
+    reason = str(error).strip() or type(error).__name__
+    return DatabaseUnavailable(
+        f"Cannot reach PostgreSQL at {describe(url)}: {reason}. "
+        "Check that the server is running and accepts connections, and that "
+        "DATABASE_URL (or the url argument) names the right host, port, database and user."
+    )
+
+
+def is_connection_error(error: psycopg.Error) -> bool:
+    """Whether ``error`` means the connection is gone (not a failed statement)."""
+    state = error.sqlstate
+    return state is None or state.startswith("08") or state in {"57P01", "57P02", "57P03"}
+
+
+def connect(url: str, *, application_name: str = "zart-dramatiq") -> psycopg.Connection:
+    """Open one autocommit connection, translating failures into DatabaseUnavailable."""
+    try:
+        return psycopg.connect(url, **_connection_kwargs(application_name))
+    except psycopg.OperationalError as e:
+        raise unreachable(url, e) from e
+
+
+def _connection_kwargs(application_name: str) -> dict[str, object]:
+    return {
+        "autocommit": True,
+        "application_name": application_name,
+        "connect_timeout": 5,
+        # Notice a vanished server or peer within seconds, not hours.
+        "keepalives": 1,
+        "keepalives_idle": 5,
+        "keepalives_interval": 2,
+        "keepalives_count": 3,
+    }
+
+
+class Database:
+    """A lazily opened connection pool to one schema of one database.
+
+    The pool is re-created in a forked child, since connections cannot be
+    shared across processes. Connections are in autocommit mode: use
+    ``with conn.transaction():`` for several statements that must commit together.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        schema: str = DEFAULT_SCHEMA,
+        pool_size: int = 8,
+        connect_timeout: float = 10.0,
+        application_name: str = "zart-dramatiq",
+    ) -> None:
+        self.url = resolve_url(url)
+        self.schema = validate_schema(schema)
+        self.pool_size = pool_size
+        self.connect_timeout = connect_timeout
+        self.application_name = application_name
+        self._lock = threading.Lock()
+        self._pool: ConnectionPool | None = None
+        self._pid = os.getpid()
+
+    @property
+    def pool(self) -> ConnectionPool:
+        with self._lock:
+            if self._pool is None or self._pid != os.getpid():
+                self._pid = os.getpid()
+                self._pool = ConnectionPool(
+                    self.url,
+                    min_size=1,
+                    max_size=self.pool_size,
+                    kwargs=_connection_kwargs(self.application_name),
+                    name=f"{self.application_name}-{self.schema}",
+                    open=True,
+                )
+            return self._pool
+
+    @contextmanager
+    def connection(self) -> Iterator[psycopg.Connection]:
+        """Lend a pooled connection; raise DatabaseUnavailable if none can be had."""
+        try:
+            with self.pool.connection(timeout=self.connect_timeout) as conn:
+                yield conn
+        except PoolTimeout as e:
+            # The pool only says it timed out: one direct attempt names the real cause.
+            try:
+                connect(self.url).close()
+            except DatabaseUnavailable as cause:
+                raise cause from e
+            raise unreachable(self.url, e) from e
+        except psycopg.OperationalError as e:
+            if is_connection_error(e):
+                raise unreachable(self.url, e) from e
+            raise
+
+    def listen_connection(self) -> psycopg.Connection:
+        """Open a dedicated connection outside the pool (for LISTEN)."""
+        return connect(self.url, application_name=f"{self.application_name}-listener")
+
+    def close(self) -> None:
+        with self._lock:
+            if self._pool is not None and self._pid == os.getpid():
+                self._pool.close()
+            self._pool = None

@@ -1,0 +1,203 @@
+-- Queries of the PostgreSQL broker. {schema} is bound to the configured schema.
+
+-- name: enqueue
+-- One message; the NOTIFY is sent on commit, so a rolled-back enqueue wakes nobody.
+WITH inserted AS (
+    INSERT INTO {schema}.messages (queue_name, message_id, actor_name, state, priority, eta, payload)
+    VALUES (%(queue_name)s, %(message_id)s, %(actor_name)s, %(state)s, %(priority)s,
+            now() + %(delay_ms)s * interval '1 millisecond', %(payload)s)
+    RETURNING id
+)
+SELECT id, pg_notify(%(channel)s, %(queue_name)s) FROM inserted
+
+-- name: enqueue_many
+WITH inserted AS (
+    INSERT INTO {schema}.messages (queue_name, message_id, actor_name, state, priority, eta, payload)
+    SELECT queue_name, message_id, actor_name, 'queued', priority,
+           now() + delay_ms * interval '1 millisecond', payload
+      FROM unnest(%(queue_names)s::text[], %(message_ids)s::text[], %(actor_names)s::text[],
+                  %(priorities)s::int[], %(delays_ms)s::bigint[], %(payloads)s::bytea[])
+           AS batch (queue_name, message_id, actor_name, priority, delay_ms, payload)
+    RETURNING queue_name
+)
+SELECT pg_notify(%(channel)s, queue_name) FROM (SELECT DISTINCT queue_name FROM inserted) AS queues
+
+-- name: ack_and_claim
+-- Settles the acks buffered since the last call, then leases up to %(limit)s due
+-- messages. A lease is (id, deliveries, lease_owner): a stale ack matches nothing.
+WITH acked AS (
+    DELETE FROM {schema}.messages AS m
+     USING unnest(%(ack_ids)s::bigint[], %(ack_deliveries)s::int[]) AS a (id, deliveries)
+     WHERE m.id = a.id AND m.deliveries = a.deliveries AND m.lease_owner = %(worker_id)s
+), due AS (
+    SELECT id FROM {schema}.messages
+     WHERE queue_name = %(queue_name)s AND state = 'queued' AND eta <= now()
+     ORDER BY priority, eta, id
+     LIMIT %(limit)s
+       FOR UPDATE SKIP LOCKED
+)
+UPDATE {schema}.messages AS m
+   SET state = 'claimed', lease_owner = %(worker_id)s, deliveries = m.deliveries + 1,
+       claimed_at = now()
+  FROM due
+ WHERE m.id = due.id
+RETURNING m.id, m.deliveries, m.priority, m.eta, m.payload
+
+-- name: seconds_until_next_due
+SELECT extract(epoch FROM min(eta) - now())::float8
+  FROM {schema}.messages
+ WHERE queue_name = %(queue_name)s AND state = 'queued' AND eta > now()
+
+-- name: ack
+DELETE FROM {schema}.messages
+ WHERE id = %(id)s AND deliveries = %(deliveries)s AND lease_owner = %(worker_id)s
+
+-- name: dead_letter
+WITH gone AS (
+    DELETE FROM {schema}.messages
+     WHERE id = %(id)s AND deliveries = %(deliveries)s AND lease_owner = %(worker_id)s
+    RETURNING id, queue_name, message_id, actor_name, priority, deliveries, enqueued_at
+)
+INSERT INTO {schema}.dead_letters
+       (id, queue_name, message_id, actor_name, priority, payload, deliveries, enqueued_at, error)
+SELECT id, queue_name, message_id, actor_name, priority, %(payload)s, deliveries, enqueued_at, %(error)s
+  FROM gone
+
+-- name: dead_letter_undecodable
+WITH gone AS (
+    DELETE FROM {schema}.messages WHERE id = %(id)s AND lease_owner = %(worker_id)s
+    RETURNING *
+)
+INSERT INTO {schema}.dead_letters
+       (id, queue_name, message_id, actor_name, priority, payload, deliveries, enqueued_at, error)
+SELECT id, queue_name, message_id, actor_name, priority, payload, deliveries, enqueued_at, %(error)s
+  FROM gone
+
+-- name: requeue
+-- Hands unstarted messages back at once; a hand-back is not a failed delivery.
+WITH returned AS (
+    UPDATE {schema}.messages
+       SET state = 'queued', lease_owner = NULL, claimed_at = NULL, deliveries = deliveries - 1
+     WHERE id = ANY(%(ids)s) AND lease_owner = %(worker_id)s AND state = 'claimed'
+    RETURNING queue_name
+)
+SELECT pg_notify(%(channel)s, queue_name) FROM (SELECT DISTINCT queue_name FROM returned) AS queues
+
+-- name: count_pending
+SELECT count(*) FROM {schema}.messages
+ WHERE queue_name = %(queue_name)s AND state IN ('queued', 'claimed')
+
+-- name: flush
+DELETE FROM {schema}.messages WHERE queue_name = ANY(%(queue_names)s)
+
+-- name: flush_dead_letters
+DELETE FROM {schema}.dead_letters WHERE queue_name = ANY(%(queue_names)s)
+
+-- name: register_worker
+INSERT INTO {schema}.workers (id, hostname, pid, backend_pid)
+VALUES (%(worker_id)s, %(hostname)s, %(pid)s, pg_backend_pid())
+ON CONFLICT (id) DO UPDATE SET backend_pid = excluded.backend_pid, heartbeat_at = now()
+
+-- name: heartbeat
+UPDATE {schema}.workers SET heartbeat_at = now() WHERE id = %(worker_id)s RETURNING id
+
+-- name: unregister_worker
+DELETE FROM {schema}.workers WHERE id = %(worker_id)s
+
+-- name: recover_lost_messages
+-- A worker is lost when its listener session has ended (it died) or it stopped
+-- heartbeating (it hangs or is cut off). Its claimed messages go back to their
+-- queues, or to dead letters once they have been delivered max_deliveries times.
+WITH lost_workers AS (
+    DELETE FROM {schema}.workers AS w
+     WHERE w.heartbeat_at < now() - %(lease_timeout)s * interval '1 second'
+        OR NOT EXISTS (SELECT 1 FROM pg_stat_activity AS a WHERE a.pid = w.backend_pid)
+    RETURNING w.id
+), orphans AS (
+    SELECT m.id, m.deliveries FROM {schema}.messages AS m
+     WHERE m.state = 'claimed'
+       AND (m.lease_owner IN (SELECT id FROM lost_workers)
+            OR NOT EXISTS (SELECT 1 FROM {schema}.workers AS w WHERE w.id = m.lease_owner))
+       FOR UPDATE SKIP LOCKED
+), poisoned AS (
+    DELETE FROM {schema}.messages AS m USING orphans
+     WHERE m.id = orphans.id AND orphans.deliveries >= %(max_deliveries)s
+    RETURNING m.*
+), buried AS (
+    INSERT INTO {schema}.dead_letters
+           (id, queue_name, message_id, actor_name, priority, payload, deliveries, enqueued_at, error)
+    SELECT id, queue_name, message_id, actor_name, priority, payload, deliveries, enqueued_at,
+           format('its worker was lost on each of %%s deliveries', deliveries)
+      FROM poisoned
+), returned AS (
+    UPDATE {schema}.messages AS m SET state = 'queued', lease_owner = NULL, claimed_at = NULL
+      FROM orphans
+     WHERE m.id = orphans.id AND orphans.deliveries < %(max_deliveries)s
+    RETURNING m.queue_name
+)
+SELECT queue_name, pg_notify(%(channel)s, queue_name)
+  FROM (SELECT DISTINCT queue_name FROM returned) AS queues
+
+-- name: purge_expired
+WITH dead AS (
+    DELETE FROM {schema}.dead_letters
+     WHERE dead_at < now() - %(dead_letter_ttl)s * interval '1 second'
+), results AS (
+    DELETE FROM {schema}.results WHERE expires_at < now()
+)
+SELECT 1
+
+-- name: list_dead_letters
+SELECT id, queue_name, message_id, actor_name, deliveries, error, dead_at, payload
+  FROM {schema}.dead_letters
+ WHERE (%(queue_name)s::text IS NULL OR queue_name = %(queue_name)s)
+ ORDER BY dead_at, id
+ LIMIT %(limit)s
+
+-- name: requeue_dead_letters
+WITH revived AS (
+    DELETE FROM {schema}.dead_letters
+     WHERE (%(ids)s::bigint[] IS NULL OR id = ANY(%(ids)s))
+       AND (%(queue_name)s::text IS NULL OR queue_name = %(queue_name)s)
+    RETURNING queue_name, message_id, actor_name, priority, payload
+), inserted AS (
+    INSERT INTO {schema}.messages (queue_name, message_id, actor_name, priority, payload)
+    SELECT queue_name, message_id, actor_name, priority, payload FROM revived
+    RETURNING queue_name
+)
+SELECT count(*), (SELECT count(pg_notify(%(channel)s, q))
+                    FROM (SELECT DISTINCT queue_name AS q FROM inserted) AS queues)
+  FROM inserted
+
+-- name: purge_dead_letters
+WITH purged AS (
+    DELETE FROM {schema}.dead_letters
+     WHERE (%(queue_name)s::text IS NULL OR queue_name = %(queue_name)s)
+       AND (%(older_than)s::float8 IS NULL
+            OR dead_at < now() - %(older_than)s * interval '1 second')
+    RETURNING 1
+)
+SELECT count(*) FROM purged
+
+-- name: store_result
+WITH stored AS (
+    INSERT INTO {schema}.results (key, value, expires_at)
+    VALUES (%(key)s, %(value)s, now() + %(ttl_ms)s * interval '1 millisecond')
+    ON CONFLICT (key) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at
+    RETURNING key
+)
+SELECT pg_notify(%(channel)s, key) FROM stored
+
+-- name: get_result
+SELECT value FROM {schema}.results WHERE key = %(key)s AND expires_at > now()
+
+-- name: wake
+WITH woken AS (
+    UPDATE {schema}.messages SET state = 'queued', eta = now()
+     WHERE id = %(id)s AND state IN ('queued', 'parked')
+    RETURNING queue_name
+)
+SELECT pg_notify(%(channel)s, queue_name) FROM woken
+
+-- name: discard
+DELETE FROM {schema}.messages WHERE id = %(id)s AND state IN ('queued', 'parked')
