@@ -24,9 +24,8 @@ from .consumer import (
     PostgresConsumer,
     PostgresMessageProxy,
     QueueState,
-    settle,
 )
-from .database import DEFAULT_SCHEMA, Database, unreachable
+from .database import DEFAULT_SCHEMA, Database, channel_name, unreachable
 from .encoding import encode_message
 from .listener import Listener
 from .presence import WorkerPresence
@@ -108,7 +107,7 @@ class PostgresBroker(dramatiq.Broker):
         super().__init__(middleware=middleware)
         self.db = Database(url, schema=schema, pool_size=pool_size, application_name="broker_pg")
         self.queries = Queries("broker_pg", "queries.sql", self.db.schema)
-        self.channel = f"{self.db.schema}.messages"
+        self.channel = channel_name(self.db.schema, "messages")
         self.heartbeat_interval = heartbeat_interval
         self.poll_interval = poll_interval
         self.fail_fast_default = fail_fast_default
@@ -350,15 +349,16 @@ class PostgresBroker(dramatiq.Broker):
         """Ack ``message`` inside the caller's transaction on ``connection``.
 
         The row is deleted when that transaction commits, together with the
-        caller's writes; the Worker's own ack of the message is then a no-op.
+        caller's writes; the Worker's own ack (or nack) of the message then
+        matches no row. If the transaction rolls back, that ack or nack settles
+        the lease as usual, so the message is never left claimed.
         """
-        if not isinstance(message, PostgresMessageProxy) or not settle(message):
+        if not isinstance(message, PostgresMessageProxy) or message.settled:
             return
         connection.execute(
             self.queries["ack"],
             {"id": message.row_id, "deliveries": message.delivery, "worker_id": self.worker_id},
         )
-        self.queue_state(q_name(message.queue_name)).released()
 
     def dead_letter(self, message: PostgresMessageProxy) -> None:
         """Move a delivered message to dead letters, with its error."""
@@ -418,7 +418,7 @@ class PostgresBroker(dramatiq.Broker):
                 self.queries["requeue_dead_letters"],
                 {"ids": ids, "queue_name": queue_name, "channel": self.channel},
             ).fetchone()
-        return int(row[0]) if row else 0
+        return self._forget_failures(row)
 
     def purge_dead_letters(
         self, *, queue_name: str | None = None, older_than: timedelta | None = None
@@ -432,6 +432,12 @@ class PostgresBroker(dramatiq.Broker):
                     "older_than": older_than.total_seconds() if older_than else None,
                 },
             ).fetchone()
+        return self._forget_failures(row)
+
+    def _forget_failures(self, row: tuple[Any, ...] | None) -> int:
+        """Given (count, queue names) of dead letters gone, stop re-raising their errors in join."""
+        for name in (row[1] if row else None) or []:
+            self._failures.pop(name, None)
         return int(row[0]) if row else 0
 
     # -- Test and maintenance helpers --------------------------------------

@@ -120,8 +120,10 @@ class PostgresConsumer(Consumer):
             self.state.restore_acks(acks)
             raise
         self.state.claimed(len(rows))
-        # Claimed rows come back unordered; hand them out by priority then due time.
-        for row_id, delivery, _priority, _eta, payload in sorted(rows, key=lambda r: (r[2], r[3])):
+        # Claimed rows come back unordered; hand them out in claim order.
+        for row_id, delivery, _priority, _eta, payload in sorted(
+            rows, key=lambda r: (r[2], r[3], r[0])
+        ):
             try:
                 message = Message.decode(payload)
             except DecodeError as e:
@@ -138,13 +140,23 @@ class PostgresConsumer(Consumer):
 
     def nack(self, message: MessageProxy) -> None:
         if isinstance(message, PostgresMessageProxy) and settle(message):
-            self.broker.dead_letter(message)
+            try:
+                self.broker.dead_letter(message)
+            except BaseException:
+                # Unsettled again, so the Worker's retry of the nack is not a no-op.
+                message.settled = False
+                raise
             self.state.released()
 
     def requeue(self, messages: Iterable[MessageProxy]) -> None:
         returned = [m for m in messages if isinstance(m, PostgresMessageProxy) and settle(m)]
         if returned:
-            self.broker.requeue([m.row_id for m in returned])
+            try:
+                self.broker.requeue([m.row_id for m in returned])
+            except BaseException:
+                for m in returned:
+                    m.settled = False
+                raise
             self.state.released(len(returned))
 
     def close(self) -> None:

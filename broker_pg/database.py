@@ -57,6 +57,14 @@ def validate_schema(schema: str) -> str:
     return schema
 
 
+def channel_name(schema: str, topic: str) -> str:
+    """The NOTIFY channel of ``topic`` in ``schema``, cut to PostgreSQL's 63-byte identifier limit.
+
+    LISTEN would silently truncate a longer name while pg_notify() rejects it.
+    """
+    return f"{schema}.{topic}"[:63]
+
+
 def describe(url: str) -> str:
     """Name the server of ``url`` as host:port/dbname, without the password."""
     params = conninfo.conninfo_to_dict(url)
@@ -131,6 +139,9 @@ class Database:
     def pool(self) -> ConnectionPool:
         with self._lock:
             if self._pool is None or self._pid != os.getpid():
+                # The pool retries a refused connection until its timeout: one direct
+                # attempt first fails at once, naming the server.
+                connect(self.url, application_name=self.application_name).close()
                 self._pid = os.getpid()
                 self._pool = ConnectionPool(
                     self.url,
@@ -157,8 +168,17 @@ class Database:
             raise unreachable(self.url, e) from e
         except psycopg.OperationalError as e:
             if is_connection_error(e):
+                # Other idle connections likely broke too (a server restart): replace
+                # them now, so this failure is the only one.
+                self._check_pool()
                 raise unreachable(self.url, e) from e
             raise
+
+    def _check_pool(self) -> None:
+        try:
+            self.pool.check()
+        except Exception:
+            pass
 
     def listen_connection(self) -> psycopg.Connection:
         """Open a dedicated connection outside the pool (for LISTEN)."""

@@ -49,6 +49,12 @@ class Listener:
     def stop(self) -> None:
         self._stopping.set()
         if self._thread.is_alive() and self._thread is not threading.current_thread():
+            # Wake it from its wait for notifications rather than wait out a whole tick.
+            try:
+                with self.db.connection() as conn:
+                    conn.execute("SELECT pg_notify(%s, '')", (self.channel,))
+            except Exception:
+                logger.debug("Could not wake the listener; waiting for its tick.", exc_info=True)
             self._thread.join(timeout=self.tick_interval + 5)
 
     def _run(self) -> None:

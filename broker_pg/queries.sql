@@ -165,8 +165,9 @@ WITH revived AS (
     SELECT queue_name, message_id, actor_name, priority, payload FROM revived
     RETURNING queue_name
 )
-SELECT count(*), (SELECT count(pg_notify(%(channel)s, q))
-                    FROM (SELECT DISTINCT queue_name AS q FROM inserted) AS queues)
+SELECT count(*), array_agg(DISTINCT queue_name),
+       (SELECT count(pg_notify(%(channel)s, q))
+          FROM (SELECT DISTINCT queue_name AS q FROM inserted) AS queues)
   FROM inserted
 
 -- name: purge_dead_letters
@@ -175,9 +176,9 @@ WITH purged AS (
      WHERE (%(queue_name)s::text IS NULL OR queue_name = %(queue_name)s)
        AND (%(older_than)s::float8 IS NULL
             OR dead_at < now() - %(older_than)s * interval '1 second')
-    RETURNING 1
+    RETURNING queue_name
 )
-SELECT count(*) FROM purged
+SELECT count(*), array_agg(DISTINCT queue_name) FROM purged
 
 -- name: store_result
 WITH stored AS (

@@ -11,7 +11,7 @@ from dramatiq.results import ResultBackend, ResultMissing, ResultTimeout
 from dramatiq.results.backend import DEFAULT_TIMEOUT, Missing, MResult
 from psycopg import sql
 
-from .database import DEFAULT_SCHEMA, Database
+from .database import DEFAULT_SCHEMA, Database, channel_name
 from .sqlfile import Queries
 
 
@@ -34,7 +34,7 @@ class PostgresBackend(ResultBackend):
         super().__init__(namespace=namespace, encoder=encoder)
         self.db = Database(url, schema=schema, pool_size=pool_size, application_name="broker_pg")
         self.queries = Queries("broker_pg", "queries.sql", self.db.schema)
-        self.channel = f"{self.db.schema}.results"
+        self.channel = channel_name(self.db.schema, "results")
 
     def get_result(
         self, message: Message[Any], *, block: bool = False, timeout: int | None = None

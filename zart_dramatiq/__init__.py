@@ -1,0 +1,66 @@
+"""zart_dramatiq: durable execution for Dramatiq actors, on PostgreSQL.
+
+Decorate an actor with ``@zart.durable``; inside it, ``zart.step`` results
+are checkpointed, ``zart.sleep`` and ``zart.wait_for_event`` pause without
+holding a thread, and after a crash the body resumes at its first
+unfinished step.
+"""
+
+from .actor import DurableActor, durable
+from .client import (
+    ExecutionHandle,
+    ExecutionInfo,
+    StepInfo,
+    cancel,
+    get_execution,
+    list_executions,
+    send_event,
+    start,
+)
+from .errors import (
+    EventTimeout,
+    ExecutionConflict,
+    ExecutionFailed,
+    ExecutionFinished,
+    NonDeterminismError,
+    NotInExecution,
+    ResultTimeout,
+    SerializationError,
+    StepFailed,
+    UnknownExecution,
+    ZartError,
+)
+from .middleware import DurableMiddleware
+from .retry import Retry
+from .steps import step
+from .waits import sleep, sleep_until, wait_for_event
+
+__all__ = [
+    "DurableActor",
+    "DurableMiddleware",
+    "EventTimeout",
+    "ExecutionConflict",
+    "ExecutionFailed",
+    "ExecutionFinished",
+    "ExecutionHandle",
+    "ExecutionInfo",
+    "NonDeterminismError",
+    "NotInExecution",
+    "ResultTimeout",
+    "Retry",
+    "SerializationError",
+    "StepFailed",
+    "StepInfo",
+    "UnknownExecution",
+    "ZartError",
+    "cancel",
+    "durable",
+    "get_execution",
+    "list_executions",
+    "send_event",
+    "sleep",
+    "sleep_until",
+    "start",
+    "step",
+    "wait_for_event",
+]

@@ -1,0 +1,121 @@
+"""Durable actors: ``@zart.durable`` turns a Dramatiq actor into a workflow."""
+
+from __future__ import annotations
+
+import inspect
+import typing
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any, overload
+
+import dramatiq
+from dramatiq import Actor
+
+from .middleware import DurableMiddleware, current_delivery, middleware_for
+from .serialization import dump, load
+
+
+class DurableActor(Actor):  # type: ignore[type-arg]
+    """A Dramatiq actor whose body resumes at its first unfinished step.
+
+    Arguments are sent as JSON through their annotations (a pydantic model
+    travels as a dict and comes back a model), and the result is recorded
+    on the execution.
+    """
+
+    durable_timeout: timedelta | None
+
+    @property
+    def original_fn(self) -> Callable[..., Any]:
+        return inspect.unwrap(self.fn)
+
+    @property
+    def middleware(self) -> DurableMiddleware:
+        return middleware_for(self.broker)
+
+    def message_with_options(
+        self, *, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None, **options: Any
+    ) -> dramatiq.Message[Any]:
+        args, kwargs = self.dump_arguments(args, kwargs or {})
+        return super().message_with_options(args=args, kwargs=kwargs, **options)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        delivery = current_delivery()
+        if delivery is None or delivery.actor_name != self.actor_name:
+            # A direct call outside a worker runs the plain function.
+            return super().__call__(*args, **kwargs)
+        return self.middleware.run_body(self, delivery, args, kwargs)
+
+    def dump_arguments(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        hints = self._hints()
+        names = list(inspect.signature(self.original_fn).parameters)
+        dumped_args = tuple(
+            dump(value, hints.get(name, Any), what=f"argument {name!r} of {self.actor_name}")
+            for name, value in zip(names, args, strict=False)
+        ) + tuple(args[len(names) :])
+        dumped_kwargs = {
+            name: dump(value, hints.get(name, Any), what=f"argument {name!r} of {self.actor_name}")
+            for name, value in kwargs.items()
+        }
+        return dumped_args, dumped_kwargs
+
+    def load_arguments(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        hints = self._hints()
+        names = list(inspect.signature(self.original_fn).parameters)
+        loaded_args = tuple(
+            load(value, hints.get(name, Any), what=f"argument {name!r} of {self.actor_name}")
+            for name, value in zip(names, args, strict=False)
+        ) + tuple(args[len(names) :])
+        loaded_kwargs = {
+            name: load(value, hints.get(name, Any), what=f"argument {name!r} of {self.actor_name}")
+            for name, value in kwargs.items()
+        }
+        return loaded_args, loaded_kwargs
+
+    @property
+    def return_annotation(self) -> Any:
+        return self._hints().get("return", Any)
+
+    def _hints(self) -> dict[str, Any]:
+        try:
+            return typing.get_type_hints(self.original_fn)
+        except Exception:
+            return {}
+
+
+@overload
+def durable(fn: Callable[..., Any] | Actor, /) -> DurableActor: ...  # type: ignore[type-arg]
+@overload
+def durable(
+    *, timeout: timedelta | None = None, **actor_options: Any
+) -> Callable[[Callable[..., Any] | Actor], DurableActor]: ...  # type: ignore[type-arg]
+def durable(fn: Any = None, /, *, timeout: timedelta | None = None, **actor_options: Any) -> Any:
+    """Make an actor durable: its steps are checkpointed and its body resumes after a crash.
+
+    Use on a function (taking ``dramatiq.actor`` options) or on an existing
+    ``dramatiq.Actor``. ``timeout`` bounds the whole execution: past it, the
+    execution is marked ``timed_out`` even while it sleeps or waits.
+    Installs ``DurableMiddleware`` on the actor's broker if it has none.
+    """
+
+    def decorate(target: Any) -> DurableActor:
+        if isinstance(target, Actor):
+            if actor_options:
+                raise TypeError(
+                    f"durable() got actor options {sorted(actor_options)} for the existing actor "
+                    f"{target.actor_name!r}; pass them to @dramatiq.actor instead."
+                )
+            # Re-classing keeps the actor registered with its broker as it is.
+            target.__class__ = DurableActor
+            actor = typing.cast(DurableActor, target)
+        else:
+            actor = dramatiq.actor(target, actor_class=DurableActor, **actor_options)
+        actor.durable_timeout = timeout
+        middleware_for(actor.broker)
+        return actor
+
+    return decorate(fn) if fn is not None else decorate

@@ -1,0 +1,222 @@
+"""Starting executions and talking to them from anywhere: code, CLI, HTTP handlers."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import dramatiq
+from psycopg import sql
+
+from .actor import DurableActor
+from .errors import (
+    ExecutionConflict,
+    ExecutionFailed,
+    ExecutionFinished,
+    ResultTimeout,
+    UnknownExecution,
+)
+from .middleware import TERMINAL, DurableMiddleware, middleware_for
+from .run import EXECUTION_ID, SEQ
+from .serialization import dump, input_hash, load
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    key: str
+    kind: str
+    name: str
+    fn: str | None
+    status: str
+    result: Any
+    error: dict[str, Any] | None
+    attempts: int
+    started_at: datetime
+    finished_at: datetime | None
+    wake_at: datetime | None
+
+
+@dataclass(frozen=True)
+class ExecutionInfo:
+    id: str
+    actor_name: str
+    queue_name: str
+    status: str
+    input: Any
+    result: Any
+    error: dict[str, Any] | None
+    deadline: datetime | None
+    waiting_for: str | None
+    wake_at: datetime | None
+    runs: int
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None
+    steps: tuple[StepInfo, ...] = ()
+
+
+class ExecutionHandle:
+    """A started execution: ask its status, wait for its result."""
+
+    def __init__(
+        self, execution_id: str, middleware: DurableMiddleware, actor: DurableActor | None = None
+    ) -> None:
+        self.execution_id = execution_id
+        self._middleware = middleware
+        self._actor = actor
+
+    def __repr__(self) -> str:
+        return f"ExecutionHandle({self.execution_id!r})"
+
+    def status(self) -> str:
+        row = self._middleware.store.fetchone("execution_status", id=self.execution_id)
+        if row is None:
+            raise UnknownExecution(f"no execution has id {self.execution_id!r}")
+        return str(row[0])
+
+    def result(self, timeout: float | None = None) -> Any:
+        """Wait for the execution to end; return its result, typed by the actor's annotation.
+
+        Raises ExecutionFailed if it failed, was cancelled or timed out, and
+        ResultTimeout if ``timeout`` seconds pass first.
+        """
+        store = self._middleware.store
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with store.db.listen_connection() as conn:
+            conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(store.channel)))
+            # Listening before looking: an end committed in between still wakes us.
+            while True:
+                row = store.fetchone("execution_status", id=self.execution_id)
+                if row is None:
+                    raise UnknownExecution(f"no execution has id {self.execution_id!r}")
+                status, result, error = row
+                if status == "completed":
+                    annotation = self._actor.return_annotation if self._actor else Any
+                    return load(result, annotation, what=f"the result of {self.execution_id!r}")
+                if status in TERMINAL:
+                    raise ExecutionFailed(self.execution_id, status, error)
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise ResultTimeout(
+                        f"execution {self.execution_id!r} is still {status} after {timeout}s"
+                    )
+                for notification in conn.notifies(timeout=min(remaining or 5.0, 5.0)):
+                    if notification.payload == self.execution_id:
+                        break
+
+
+def start(
+    actor: DurableActor, *args: Any, execution_id: str | None = None, **kwargs: Any
+) -> ExecutionHandle:
+    """Start ``actor(*args, **kwargs)`` as a durable execution; idempotent by ``execution_id``.
+
+    The same id with the same input returns the existing execution; with a
+    different input it raises ExecutionConflict. On broker_pg the execution
+    and its first message commit together.
+    """
+    if not isinstance(actor, DurableActor):
+        raise TypeError(f"{actor!r} is not durable: decorate it with @zart.durable")
+    middleware = middleware_for(actor.broker)
+    store = middleware.store
+    message = actor.message_with_options(args=args, kwargs=kwargs)
+    execution_id = execution_id or message.message_id
+    message = message.copy(options={EXECUTION_ID: execution_id, SEQ: 0})
+    digest = input_hash(list(message.args), message.kwargs)
+    with store.transaction() as tx:
+        created = store.run(
+            tx,
+            "insert_execution",
+            id=execution_id,
+            actor_name=actor.actor_name,
+            queue_name=actor.queue_name,
+            input_hash=digest,
+            input={"args": list(message.args), "kwargs": message.kwargs},
+            timeout_s=None
+            if actor.durable_timeout is None
+            else actor.durable_timeout.total_seconds(),
+            message=message.encode(),
+        )
+        if created is None:
+            existing = store.run(tx, "execution_identity", id=execution_id)
+            assert existing is not None
+            if existing[0] != digest or existing[1] != actor.actor_name:
+                raise ExecutionConflict(
+                    f"execution {execution_id!r} already exists with a different "
+                    f"{'actor' if existing[1] != actor.actor_name else 'input'}; "
+                    "use a new execution_id to start another one."
+                )
+        else:
+            middleware.transport.send(tx, message, 0)
+    return ExecutionHandle(execution_id, middleware, actor)
+
+
+def send_event(
+    execution_id: str,
+    name: str,
+    payload: Any = None,
+    key: str | None = None,
+    *,
+    broker: dramatiq.Broker | None = None,
+) -> bool:
+    """Deliver event ``name`` to an execution's inbox and wake it if it waits for it.
+
+    Returns False when an event with the same ``key`` was already delivered
+    (it is stored once). Raises UnknownExecution or ExecutionFinished.
+    """
+    middleware = middleware_for(broker or dramatiq.get_broker())
+    store = middleware.store
+    data = dump(payload, Any, what=f"the payload of event {name!r}")
+    with store.transaction() as tx:
+        row = store.run(tx, "lock_for_event", id=execution_id)
+        if row is None:
+            raise UnknownExecution(
+                f"cannot send event {name!r}: no execution has id {execution_id!r}"
+            )
+        status, waiting_for, wake_message, _seq, resume_message = row
+        if status in TERMINAL:
+            raise ExecutionFinished(
+                f"cannot send event {name!r}: execution {execution_id!r} already ended {status}"
+            )
+        stored = store.run(tx, "insert_event", id=execution_id, name=name, key=key, payload=data)
+        if stored is not None and status == "waiting" and waiting_for == name:
+            middleware.transport.wake(tx, wake_message, dramatiq.Message.decode(resume_message))
+    return stored is not None
+
+
+def cancel(execution_id: str, *, broker: dramatiq.Broker | None = None) -> str:
+    """Cancel an execution; return its status before (a finished one stays as it was).
+
+    The body stops at its next step boundary and any pending wake-up is removed.
+    """
+    middleware = middleware_for(broker or dramatiq.get_broker())
+    store = middleware.store
+    with store.transaction() as tx:
+        row = store.run(tx, "cancel", id=execution_id, channel=store.channel)
+        if row is None:
+            raise UnknownExecution(f"cannot cancel: no execution has id {execution_id!r}")
+        previous, wake_message, _ = row
+        if previous not in TERMINAL:
+            middleware.transport.discard(tx, wake_message)
+    return str(previous)
+
+
+def get_execution(execution_id: str, *, broker: dramatiq.Broker | None = None) -> ExecutionInfo:
+    """The execution's status, result or error, and its steps with attempts and timings."""
+    store = middleware_for(broker or dramatiq.get_broker()).store
+    row = store.fetchone("get_execution", id=execution_id)
+    if row is None:
+        raise UnknownExecution(f"no execution has id {execution_id!r}")
+    steps = tuple(StepInfo(*step) for step in store.fetchall("get_steps", id=execution_id))
+    return ExecutionInfo(*row, steps=steps)
+
+
+def list_executions(
+    status: str | None = None, *, limit: int = 50, broker: dramatiq.Broker | None = None
+) -> list[ExecutionInfo]:
+    """Executions, newest first, optionally only those in ``status``."""
+    store = middleware_for(broker or dramatiq.get_broker()).store
+    return [
+        ExecutionInfo(*row) for row in store.fetchall("list_executions", status=status, limit=limit)
+    ]

@@ -1,0 +1,377 @@
+"""DurableMiddleware: runs durable bodies and keeps Dramatiq's middleware honest.
+
+Hooks, in the order a delivery meets them:
+
+* ``before_process_message`` makes the delivery visible to the durable actor.
+* The actor's call acquires the execution, replays its journal, runs the
+  body and records its end (``run_body``). A pause raises ``Suspended``, a
+  SkipMessage, so Retries, Callbacks, Pipelines and Results ignore it.
+* ``after_process_message`` runs after Retries (the middleware sits before it
+  in the list): once Dramatiq gives up on the message, the execution is failed.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from contextvars import ContextVar
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+from uuid import UUID
+
+import dramatiq
+from dramatiq import Message, MessageProxy
+from dramatiq.middleware import Retries
+
+from broker_pg import Database, PostgresBroker
+from broker_pg.listener import Listener
+from broker_pg.presence import WorkerPresence
+from broker_pg.sqlfile import Queries
+
+from .errors import ZartError
+from .run import EXECUTION_ID, SEQ, DeadlinePassed, Run, Stopped, activate, deactivate
+from .serialization import dump, error_to_json, input_hash
+from .store import Store
+from .transport import Transport, transport_for
+
+if TYPE_CHECKING:
+    from .actor import DurableActor
+
+logger = logging.getLogger(__name__)
+
+_delivery: ContextVar[MessageProxy | None] = ContextVar("zart_delivery", default=None)
+
+TERMINAL = frozenset({"completed", "failed", "cancelled", "timed_out"})
+
+
+def current_delivery() -> MessageProxy | None:
+    return _delivery.get()
+
+
+class DurableMiddleware(dramatiq.Middleware):
+    """Durable execution for the actors decorated with ``@zart.durable``.
+
+    Parameters:
+      url, schema: where executions are kept. On a PostgresBroker both default
+        to the broker's own database and schema, which makes suspend-and-requeue
+        and event-and-wake single transactions.
+      lease_timeout: seconds without a heartbeat after which the worker running
+        a body is presumed lost, so another delivery may take the body over.
+      repair_after: on other brokers, how overdue a wake-up must be before the
+        sweeper sends the resuming message again.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        schema: str | None = None,
+        lease_timeout: float = 30.0,
+        repair_after: timedelta = timedelta(seconds=60),
+        heartbeat_interval: float = 1.0,
+    ) -> None:
+        self.url = url
+        self.schema = schema
+        self.lease_timeout = lease_timeout
+        self.repair_after = repair_after
+        self.heartbeat_interval = heartbeat_interval
+        self.broker: dramatiq.Broker | None = None
+        self._store: Store | None = None
+        self._transport: Transport | None = None
+        self._presence: WorkerPresence | None = None
+        self._listener: Listener | None = None
+        self._lock = threading.Lock()
+
+    # -- Wiring ------------------------------------------------------------
+
+    def bind(self, broker: dramatiq.Broker) -> None:
+        with self._lock:
+            if self.broker is broker:
+                return
+            self.broker = broker
+            if (
+                isinstance(broker, PostgresBroker)
+                and self.url is None
+                and (self.schema in (None, broker.db.schema))
+            ):
+                db = broker.db
+            else:
+                kwargs = {} if self.schema is None else {"schema": self.schema}
+                db = Database(self.url, application_name="zart_dramatiq", **kwargs)
+            self._store = Store(db)
+            self._transport = transport_for(broker)
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            raise ZartError("DurableMiddleware is not attached to a broker yet")
+        return self._store
+
+    @property
+    def transport(self) -> Transport:
+        if self._transport is None:
+            raise ZartError("DurableMiddleware is not attached to a broker yet")
+        return self._transport
+
+    @property
+    def worker_id(self) -> UUID:
+        if isinstance(self.broker, PostgresBroker):
+            return self.broker.worker_id  # type: ignore[no-any-return]
+        return self._own_presence().worker_id
+
+    def _own_presence(self) -> WorkerPresence:
+        """On other brokers, this process's own worker row, so bodies can hold leases."""
+        with self._lock:
+            if self._presence is None:
+                db = self.store.db
+                channel = f"{db.schema}.messages"
+                self._presence = WorkerPresence(
+                    Queries("broker_pg", "queries.sql", db.schema),
+                    channel,
+                    lease_timeout=self.lease_timeout,
+                    max_deliveries=1,
+                    dead_letter_ttl=7 * 86400,
+                )
+                self._listener = Listener(
+                    db,
+                    channel,
+                    on_notify=lambda _: None,
+                    on_connect=self._presence.register,
+                    on_tick=self._tick,
+                    tick_interval=self.heartbeat_interval,
+                )
+                self._listener.start()
+            presence, listener = self._presence, self._listener
+        assert listener is not None
+        listener.connected.wait(self.store.db.connect_timeout)
+        return presence
+
+    def _tick(self, conn: Any) -> None:
+        assert self._presence is not None
+        self._presence.beat(conn)
+        self.repair_lost_wakeups()
+
+    def repair_lost_wakeups(self) -> int:
+        """Send again the resuming messages a non-transactional broker may have lost."""
+        if self.transport.atomic:
+            return 0
+        rows = self.store.fetchall("repair_lost_wakeups", grace_s=self.repair_after.total_seconds())
+        for (payload,) in rows:
+            message = Message.decode(payload)
+            logger.warning(
+                "Re-sending the overdue wake-up of execution %s.", message.options.get(EXECUTION_ID)
+            )
+            assert self.broker is not None
+            self.broker.enqueue(message)
+        return len(rows)
+
+    # -- Hooks -------------------------------------------------------------
+
+    def before_worker_boot(self, broker: dramatiq.Broker, worker: Any) -> None:
+        self.bind(broker)
+
+    def after_worker_shutdown(self, broker: dramatiq.Broker, worker: Any) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.stop()
+
+    def before_process_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
+        self.bind(broker)
+        _delivery.set(message)
+
+    def after_process_message(
+        self,
+        broker: dramatiq.Broker,
+        message: MessageProxy,
+        *,
+        result: Any = None,
+        exception: BaseException | None = None,
+    ) -> None:
+        _delivery.set(None)
+        if exception is None or not _is_durable(broker, message):
+            return
+        gave_up = message.failed or not any(isinstance(m, Retries) for m in broker.middleware)
+        if gave_up:
+            self.store.fetchone(
+                "mark_failed",
+                id=_execution_id(message),
+                error=error_to_json(exception),
+                channel=self.store.channel,
+            )
+
+    def after_skip_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
+        _delivery.set(None)
+
+    # -- Running a body ----------------------------------------------------
+
+    def run_body(
+        self,
+        actor: DurableActor,
+        delivery: MessageProxy,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Any:
+        """Run one delivery of a durable actor; return its JSON result."""
+        execution_id = _execution_id(delivery)
+        seq = int(delivery.options.get(SEQ, 0))
+        acquired = self._acquire(actor, delivery, execution_id, seq, args, kwargs)
+        if not isinstance(acquired, Run):
+            return acquired.result
+        run = acquired
+        token = activate(run)
+        try:
+            loaded_args, loaded_kwargs = actor.load_arguments(args, kwargs)
+            value = actor.fn(*loaded_args, **loaded_kwargs)
+            run.ensure_active()  # the body swallowed a Suspended and returned
+            data = dump(value, actor.return_annotation, what=f"the result of {actor.actor_name}")
+        except DeadlinePassed:
+            self._finish(run.execution_id, delivery, "timed_out", error=_timeout_error())
+            raise
+        except Stopped:
+            delivery.options["store_results"] = False
+            raise
+        except BaseException as error:
+            if run.suspension is not None:
+                raise run.suspension from error
+            self.store.fetchone(
+                "release_after_error",
+                id=execution_id,
+                worker_id=run.worker_id,
+                error=error_to_json(error),
+            )
+            raise
+        finally:
+            deactivate(token)
+        self._finish(execution_id, delivery, "completed", result=data)
+        return data
+
+    def _acquire(
+        self,
+        actor: DurableActor,
+        delivery: MessageProxy,
+        execution_id: str,
+        seq: int,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Run | _Replay:
+        worker_id = self.worker_id
+        params = dict(
+            id=execution_id, seq=seq, worker_id=worker_id, lease_timeout=self.lease_timeout
+        )
+        row = self.store.fetchone("acquire", **params)
+        if row is None:
+            state = self.store.fetchone("delivery_outcome", id=execution_id)
+            if state is None and seq == 0:
+                # Started with a plain send(): the execution begins with its first delivery.
+                self.store.fetchone(
+                    "insert_execution",
+                    id=execution_id,
+                    actor_name=actor.actor_name,
+                    queue_name=actor.queue_name,
+                    input_hash=input_hash(list(args), kwargs),
+                    input={"args": list(args), "kwargs": kwargs},
+                    timeout_s=_seconds(actor.durable_timeout),
+                    message=delivery.copy(options={EXECUTION_ID: execution_id}).encode(),
+                )
+                row = self.store.fetchone("acquire", **params)
+                state = None if row else self.store.fetchone("delivery_outcome", id=execution_id)
+            if row is None:
+                return self._refuse(delivery, execution_id, seq, state)
+        expired, journal = row
+        if expired:
+            self._finish(execution_id, delivery, "timed_out", error=_timeout_error())
+            raise _stop(delivery, f"execution {execution_id!r} passed its deadline")
+        return Run(
+            execution_id=execution_id,
+            seq=seq,
+            worker_id=worker_id,
+            delivery=delivery,
+            middleware=self,
+            journal={entry["key"]: entry for entry in journal},
+        )
+
+    def _refuse(
+        self, delivery: MessageProxy, execution_id: str, seq: int, state: tuple[Any, ...] | None
+    ) -> _Replay:
+        if state is None:
+            raise _stop(delivery, f"execution {execution_id!r} does not exist")
+        status, wake_seq, owned, result = state
+        if status == "completed":
+            # A late duplicate of a finished execution returns the recorded result again.
+            return _Replay(result)
+        if status in TERMINAL:
+            raise _stop(delivery, f"execution {execution_id!r} already ended {status}")
+        if wake_seq != seq:
+            raise _stop(delivery, f"stale delivery of execution {execution_id!r}")
+        if owned:
+            # A live worker runs the body: come back once its lease could have lapsed.
+            with self.store.transaction() as tx:
+                self.transport.send(tx, delivery.copy(), int(self.lease_timeout * 1000))
+                self.transport.settle(tx, delivery)
+            raise _stop(delivery, f"execution {execution_id!r} is running elsewhere")
+        raise _stop(delivery, f"execution {execution_id!r} is not runnable ({status})")
+
+    def _finish(
+        self,
+        execution_id: str,
+        delivery: MessageProxy,
+        status: str,
+        *,
+        result: Any = None,
+        error: dict[str, Any] | None = None,
+    ) -> None:
+        with self.store.transaction() as tx:
+            self.store.run(
+                tx,
+                "finish",
+                id=execution_id,
+                worker_id=self.worker_id,
+                status=status,
+                result=result,
+                error=error,
+                channel=self.store.channel,
+            )
+            self.transport.settle(tx, delivery)
+
+
+class _Replay:
+    def __init__(self, result: Any) -> None:
+        self.result = result
+
+
+def _stop(delivery: MessageProxy, reason: str) -> Stopped:
+    delivery.options["store_results"] = False
+    return Stopped(reason)
+
+
+def _timeout_error() -> dict[str, Any]:
+    return {"type": "ExecutionTimeout", "message": "the execution passed its deadline"}
+
+
+def _seconds(duration: timedelta | None) -> float | None:
+    return None if duration is None else duration.total_seconds()
+
+
+def _execution_id(message: MessageProxy) -> str:
+    return str(message.options.get(EXECUTION_ID) or message.message_id)
+
+
+def _is_durable(broker: dramatiq.Broker, message: MessageProxy) -> bool:
+    from .actor import DurableActor
+
+    return isinstance(broker.actors.get(message.actor_name), DurableActor)
+
+
+def middleware_for(broker: dramatiq.Broker) -> DurableMiddleware:
+    """The broker's DurableMiddleware, installed (before Retries) if missing."""
+    for middleware in broker.middleware:
+        if isinstance(middleware, DurableMiddleware):
+            middleware.bind(broker)
+            return middleware
+    middleware = DurableMiddleware()
+    retries = next((type(m) for m in broker.middleware if isinstance(m, Retries)), None)
+    broker.add_middleware(middleware, before=retries) if retries else broker.add_middleware(
+        middleware
+    )
+    middleware.bind(broker)
+    return middleware

@@ -1,0 +1,157 @@
+"""Checkpointed steps: ``zart.step(name, fn, ...)`` and the ``@zart.step`` decorator."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import time
+import typing
+from collections.abc import Callable
+from typing import Any, TypeVar, overload
+
+from .errors import NonDeterminismError
+from .retry import NO_RETRY, Retry
+from .run import Run, current_run
+from .serialization import dump, error_from_json, error_to_json, load
+
+T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def run_step(
+    name: str, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any], retry: Retry
+) -> T:
+    """Return ``fn``'s recorded result, or run it, checkpoint it and return it."""
+    run = current_run()
+    key = run.key("step", name)
+    fn_name = _qualified_name(fn)
+    annotation = _return_annotation(fn)
+    recorded = run.journal.get(key)
+    attempts = 0
+    if recorded is not None:
+        if recorded["fn"] != fn_name:
+            raise NonDeterminismError(
+                f"step {name!r} ({key}) was recorded as a call of {recorded['fn']} but now "
+                f"calls {fn_name}: the workflow's code changed under a running execution, "
+                "or code outside steps is not deterministic."
+            )
+        if recorded["status"] == "completed":
+            return load(
+                recorded["result"], annotation, what=f"the recorded result of step {name!r}"
+            )
+        if recorded["status"] == "failed":
+            raise error_from_json(recorded["error"], step=name)
+        attempts = recorded["attempts"]
+    return _attempt(run, key, name, fn, fn_name, annotation, args, kwargs, retry, attempts)
+
+
+def _attempt(
+    run: Run,
+    key: str,
+    name: str,
+    fn: Callable[..., T],
+    fn_name: str,
+    annotation: Any,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    retry: Retry,
+    attempts: int,
+) -> T:
+    first_started = time.monotonic()
+    while True:
+        attempts += 1
+        started = time.monotonic()
+        try:
+            value = fn(*args, **kwargs)
+        except Exception as error:
+            wait = retry.next_wait(attempts, error, time.monotonic() - first_started)
+            if wait is None:
+                run.record(
+                    key,
+                    kind="step",
+                    name=name,
+                    fn=fn_name,
+                    status="failed",
+                    error=error_to_json(error),
+                    attempts=attempts,
+                    started=started,
+                )
+                raise
+            if wait <= retry.max_inline_wait.total_seconds():
+                time.sleep(wait)
+                continue
+            # A long backoff frees the thread: resume when the next attempt is due.
+            with run.store.transaction() as tx:
+                wake_at = run.record(
+                    key,
+                    kind="step",
+                    name=name,
+                    fn=fn_name,
+                    status="retrying",
+                    error=error_to_json(error),
+                    attempts=attempts,
+                    started=started,
+                    wake_in_s=wait,
+                    tx=tx,
+                )
+                raise run.suspend(tx, status="retrying", wake_at=wake_at) from error
+        data = dump(value, annotation, what=f"step {name!r}")
+        run.record(
+            key,
+            kind="step",
+            name=name,
+            fn=fn_name,
+            status="completed",
+            result=data,
+            attempts=attempts,
+            started=started,
+        )
+        return value
+
+
+@overload
+def step(name: str, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T: ...
+@overload
+def step(name: F, /) -> F: ...
+@overload
+def step(name: str | None = None, /, *, retry: Retry | None = None) -> Callable[[F], F]: ...
+def step(
+    name: Any = None, fn: Any = None, /, *args: Any, retry: Retry | None = None, **kwargs: Any
+) -> Any:
+    """A checkpointed step, called inline or used as a decorator.
+
+    ``zart.step("charge", charge_card, order_id)`` runs a function once per
+    execution; ``@zart.step`` / ``@zart.step("charge", retry=Retry.fixed(...))``
+    makes every call of the function, inside a durable body, such a step.
+    Results are restored through the function's return annotation.
+    """
+    if callable(name) and fn is None:
+        return _decorate(name, None, retry)
+    if fn is not None:
+        return run_step(name, fn, args, kwargs, retry or NO_RETRY)
+    return functools.partial(_decorate, name=name, retry=retry)
+
+
+def _decorate(fn: F, name: str | None, retry: Retry | None) -> F:
+    step_name = name or fn.__name__
+    policy = retry or NO_RETRY
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        return run_step(step_name, fn, args, kwargs, policy)
+
+    wrapper.__wrapped_step__ = fn  # type: ignore[attr-defined]
+    return typing.cast(F, wrapper)
+
+
+def _qualified_name(fn: Callable[..., Any]) -> str:
+    target = inspect.unwrap(fn)
+    return f"{getattr(target, '__module__', '?')}.{getattr(target, '__qualname__', repr(target))}"
+
+
+def _return_annotation(fn: Callable[..., Any]) -> Any:
+    try:
+        hints = typing.get_type_hints(inspect.unwrap(fn))
+    except Exception:
+        return Any
+    return hints.get("return", Any)

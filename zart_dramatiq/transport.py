@@ -1,0 +1,71 @@
+"""How a suspended execution's resuming message reaches the broker.
+
+On broker_pg the message, the checkpoint and the ack of the current delivery
+commit in one transaction. On any other broker the message is sent right
+after the checkpoint commits; a crash in between leaves an execution whose
+wake-up is overdue, and the middleware's sweeper sends it again.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dramatiq
+from dramatiq import Message, MessageProxy
+
+from broker_pg import PostgresBroker
+
+from .store import Transaction
+
+
+class Transport:
+    """Resuming messages sent after the checkpoint commits (any broker)."""
+
+    #: Whether suspend-and-requeue and event-and-wake are each one transaction.
+    atomic = False
+
+    def __init__(self, broker: dramatiq.Broker) -> None:
+        self.broker = broker
+
+    def send(self, tx: Transaction, message: Message[Any], delay_ms: int | None) -> int | None:
+        """Schedule ``message`` after ``delay_ms``, or park it when None; maybe return its id."""
+        if delay_ms is not None:
+            tx.after_commit.append(lambda: self.broker.enqueue(message, delay=delay_ms or None))
+        return None
+
+    def wake(self, tx: Transaction, wake_message: int | None, message: Message[Any]) -> None:
+        tx.after_commit.append(lambda: self.broker.enqueue(message))
+
+    def settle(self, tx: Transaction, delivery: MessageProxy) -> None:
+        """The Worker acks ``delivery`` once the actor returns."""
+
+    def discard(self, tx: Transaction, wake_message: int | None) -> None:
+        """A resuming message already sent is dropped on delivery (its execution has ended)."""
+
+
+class PostgresTransport(Transport):
+    """Resuming messages written in the checkpoint's own transaction (broker_pg)."""
+
+    atomic = True
+    broker: PostgresBroker
+
+    def send(self, tx: Transaction, message: Message[Any], delay_ms: int | None) -> int | None:
+        with self.broker.transaction(tx.conn):
+            return self.broker.enqueue_parked(message, delay=delay_ms)
+
+    def wake(self, tx: Transaction, wake_message: int | None, message: Message[Any]) -> None:
+        if wake_message is not None:
+            self.broker.wake(wake_message, connection=tx.conn)
+
+    def settle(self, tx: Transaction, delivery: MessageProxy) -> None:
+        self.broker.ack_within(tx.conn, delivery)
+
+    def discard(self, tx: Transaction, wake_message: int | None) -> None:
+        if wake_message is not None:
+            self.broker.discard(wake_message, connection=tx.conn)
+
+
+def transport_for(broker: dramatiq.Broker) -> Transport:
+    if isinstance(broker, PostgresBroker):
+        return PostgresTransport(broker)
+    return Transport(broker)
