@@ -14,6 +14,7 @@ from .client import (
     cancel,
     get_execution,
     list_executions,
+    retry,
     send_event,
     start,
 )
@@ -57,6 +58,7 @@ __all__ = [
     "durable",
     "get_execution",
     "list_executions",
+    "retry",
     "send_event",
     "sleep",
     "sleep_until",

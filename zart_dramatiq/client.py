@@ -202,6 +202,29 @@ def cancel(execution_id: str, *, broker: dramatiq.Broker | None = None) -> str:
     return str(previous)
 
 
+def retry(execution_id: str, *, broker: dramatiq.Broker | None = None) -> None:
+    """Run a failed, cancelled or timed-out execution again from where it stopped.
+
+    Completed steps keep their results; the step whose error failed the
+    execution runs again. Raises UnknownExecution, or ExecutionFinished if the
+    execution has not ended or completed successfully.
+    """
+    middleware = middleware_for(broker or dramatiq.get_broker())
+    store = middleware.store
+    with store.transaction() as tx:
+        row = store.run(tx, "retry_execution", id=execution_id)
+        if row is None:
+            raise UnknownExecution(f"cannot retry: no execution has id {execution_id!r}")
+        status, seq, resume_message = row
+        if seq is None:
+            raise ExecutionFinished(
+                f"cannot retry execution {execution_id!r}: it is {status}; only failed, "
+                "cancelled or timed-out executions can be retried"
+            )
+        message = dramatiq.Message.decode(resume_message)
+        middleware.transport.send(tx, message.copy(options={SEQ: seq}), 0)
+
+
 def get_execution(execution_id: str, *, broker: dramatiq.Broker | None = None) -> ExecutionInfo:
     """The execution's status, result or error, and its steps with attempts and timings."""
     store = middleware_for(broker or dramatiq.get_broker()).store

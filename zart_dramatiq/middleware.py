@@ -29,7 +29,16 @@ from broker_pg.presence import WorkerPresence
 from broker_pg.sqlfile import Queries
 
 from .errors import ZartError
-from .run import EXECUTION_ID, SEQ, DeadlinePassed, Run, Stopped, activate, deactivate
+from .run import (
+    EXECUTION_ID,
+    SEQ,
+    DeadlinePassed,
+    Run,
+    Stopped,
+    activate,
+    deactivate,
+    end_quietly,
+)
 from .serialization import dump, error_to_json, input_hash
 from .store import Store
 from .transport import Transport, transport_for
@@ -156,19 +165,21 @@ class DurableMiddleware(dramatiq.Middleware):
         if self.transport.atomic:
             return 0
         rows = self.store.fetchall("repair_lost_wakeups", grace_s=self.repair_after.total_seconds())
-        for (payload,) in rows:
+        for payload, seq in rows:
             message = Message.decode(payload)
             logger.warning(
                 "Re-sending the overdue wake-up of execution %s.", message.options.get(EXECUTION_ID)
             )
             assert self.broker is not None
-            self.broker.enqueue(message)
+            self.broker.enqueue(message.copy(options={SEQ: seq}))
         return len(rows)
 
     # -- Hooks -------------------------------------------------------------
 
     def before_worker_boot(self, broker: dramatiq.Broker, worker: Any) -> None:
         self.bind(broker)
+        # A pause is routine, not the warning Dramatiq logs for skipped messages.
+        logging.getLogger("dramatiq.worker.WorkerThread").addFilter(_quiet_pauses)
 
     def after_worker_shutdown(self, broker: dramatiq.Broker, worker: Any) -> None:
         listener, self._listener = self._listener, None
@@ -228,7 +239,7 @@ class DurableMiddleware(dramatiq.Middleware):
             self._finish(run.execution_id, delivery, "timed_out", error=_timeout_error())
             raise
         except Stopped:
-            delivery.options["store_results"] = False
+            end_quietly(delivery)
             raise
         except BaseException as error:
             if run.suspension is not None:
@@ -340,8 +351,13 @@ class _Replay:
 
 
 def _stop(delivery: MessageProxy, reason: str) -> Stopped:
-    delivery.options["store_results"] = False
+    end_quietly(delivery)
     return Stopped(reason)
+
+
+def _quiet_pauses(record: logging.LogRecord) -> bool:
+    args = record.args if isinstance(record.args, tuple) else ()
+    return not (args and getattr(args[0], "zart_paused", False) is True)
 
 
 def _timeout_error() -> dict[str, Any]:

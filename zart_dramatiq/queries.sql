@@ -200,4 +200,26 @@ UPDATE {schema}.executions AS e SET updated_at = now()
                  OR EXISTS (SELECT 1 FROM {schema}.events AS ev
                              WHERE ev.execution_id = e.id AND ev.name = e.waiting_for
                                AND ev.consumed_by IS NULL))))
-RETURNING e.resume_message
+RETURNING e.resume_message, e.wake_seq
+
+-- name: retry_execution
+-- Reopens an ended execution: the step that failed it is forgotten (so it runs
+-- again), and the deadline restarts with the same length.
+WITH target AS (
+    SELECT id, status, error FROM {schema}.executions WHERE id = %(id)s FOR UPDATE
+), forgotten AS (
+    DELETE FROM {schema}.steps AS s USING target
+     WHERE s.execution_id = target.id AND target.status = 'failed' AND s.status = 'failed'
+       AND s.error ->> 'type' = target.error ->> 'type'
+       AND s.error ->> 'message' = target.error ->> 'message'
+), reopened AS (
+    UPDATE {schema}.executions AS e
+       SET status = 'pending', error = NULL, finished_at = NULL, run_owner = NULL,
+           wake_seq = e.wake_seq + 1, updated_at = now(),
+           deadline = now() + (e.deadline - e.created_at)
+      FROM target
+     WHERE e.id = target.id AND target.status IN ('failed', 'cancelled', 'timed_out')
+    RETURNING e.wake_seq, e.resume_message
+)
+SELECT target.status, reopened.wake_seq, reopened.resume_message
+  FROM target LEFT JOIN reopened ON true

@@ -166,9 +166,15 @@ class Run:
             self.store.run(tx, "set_wake_message", id=self.execution_id, row_id=row_id)
         self.transport.settle(tx, self.delivery)
         # Results must not store this delivery's (absent) result; the resumed one will.
-        self.delivery.options["store_results"] = False
+        end_quietly(self.delivery)
         self.suspension = Suspended(f"execution {self.execution_id!r} is {status}")
         return self.suspension
+
+
+def end_quietly(delivery: MessageProxy) -> None:
+    """Mark a delivery that ends without a result: Results stores nothing, logs stay calm."""
+    delivery.options["store_results"] = False
+    delivery.zart_paused = True  # type: ignore[attr-defined]
 
 
 def current_run() -> Run:
