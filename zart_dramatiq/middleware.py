@@ -178,8 +178,6 @@ class DurableMiddleware(dramatiq.Middleware):
 
     def before_worker_boot(self, broker: dramatiq.Broker, worker: Any) -> None:
         self.bind(broker)
-        # A pause is routine, not the warning Dramatiq logs for skipped messages.
-        logging.getLogger("dramatiq.worker.WorkerThread").addFilter(_quiet_pauses)
 
     def after_worker_shutdown(self, broker: dramatiq.Broker, worker: Any) -> None:
         listener, self._listener = self._listener, None
@@ -358,6 +356,10 @@ def _stop(delivery: MessageProxy, reason: str) -> Stopped:
 def _quiet_pauses(record: logging.LogRecord) -> bool:
     args = record.args if isinstance(record.args, tuple) else ()
     return not (args and getattr(args[0], "zart_paused", False) is True)
+
+
+# A pause is routine, not the warning Dramatiq logs for skipped messages.
+logging.getLogger("dramatiq.worker.WorkerThread").addFilter(_quiet_pauses)
 
 
 def _timeout_error() -> dict[str, Any]:

@@ -94,7 +94,9 @@ def _attempt(
                     wake_in_s=wait,
                     tx=tx,
                 )
-                raise run.suspend(tx, status="retrying", wake_at=wake_at) from error
+                suspension = run.suspend(tx, status="retrying", wake_at=wake_at)
+            # Raised once the transaction has committed the suspension.
+            raise suspension from error
         data = dump(value, annotation, what=f"step {name!r}")
         run.record(
             key,
@@ -125,11 +127,14 @@ def step(
     makes every call of the function, inside a durable body, such a step.
     Results are restored through the function's return annotation.
     """
-    if callable(name) and fn is None:
-        return _decorate(name, None, retry)
-    if fn is not None:
-        return run_step(name, fn, args, kwargs, retry or NO_RETRY)
-    return functools.partial(_decorate, name=name, retry=retry)
+    if fn is None:
+        if callable(name):
+            return _decorate(name, None, retry)
+        step_name = kwargs.pop("name", name)
+        if args or kwargs:
+            raise TypeError(f"@zart.step takes only name and retry, not {sorted(kwargs)}")
+        return functools.partial(_decorate, name=step_name, retry=retry)
+    return run_step(name, fn, args, kwargs, retry or NO_RETRY)
 
 
 def _decorate(fn: F, name: str | None, retry: Retry | None) -> F:

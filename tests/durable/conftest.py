@@ -1,0 +1,10 @@
+from __future__ import annotations
+
+import pytest
+
+from tests.durable.support import Effects
+
+
+@pytest.fixture
+def effects() -> Effects:
+    return Effects()

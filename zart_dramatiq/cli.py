@@ -1,0 +1,517 @@
+"""The ``zart-dramatiq`` command: migrations, queues, dead letters and durable executions.
+
+Examples::
+
+    zart-dramatiq migrate
+    zart-dramatiq queues
+    zart-dramatiq dead-letters list --queue orders
+    zart-dramatiq executions show order-42
+    zart-dramatiq send-event order-42 shipment_ready '{"tracking_number": "1Z999"}'
+
+The database is ``--url``, else ``DATABASE_URL``, else the embedded server;
+the schema is ``--schema``, else ``ZART_SCHEMA``, else ``zart``. An
+application whose workers run on another broker (Redis, RabbitMQ) passes
+``--broker myapp:broker`` so that wake-ups are sent through that broker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+import dramatiq
+import psycopg
+from dramatiq.cli import import_broker
+from dramatiq.errors import BrokerError
+
+import zart_dramatiq as zart
+from broker_pg import Database, PostgresBroker, migrate
+from broker_pg.sqlfile import Queries
+
+from .errors import ZartError
+from .middleware import middleware_for
+
+PROG = "zart-dramatiq"
+
+#: Every status an execution can have (see the executions table).
+STATUSES = (
+    "pending",
+    "running",
+    "sleeping",
+    "waiting",
+    "retrying",
+    "completed",
+    "failed",
+    "cancelled",
+    "timed_out",
+)
+
+
+class CommandError(Exception):
+    """A request the command cannot carry out; reported as one line on stderr."""
+
+
+class Session:
+    """The broker (and database) one command talks to, opened on first use."""
+
+    def __init__(self, url: str | None, schema: str | None, broker_spec: str | None) -> None:
+        if broker_spec and (url or schema):
+            raise CommandError(
+                "--url and --schema cannot be combined with --broker: the imported broker "
+                "already names its database and schema"
+            )
+        self.url = url
+        self.schema = schema or os.environ.get("ZART_SCHEMA") or "zart"
+        self.broker_spec = broker_spec
+        self._broker: dramatiq.Broker | None = None
+        self._owned = False
+
+    @property
+    def broker(self) -> dramatiq.Broker:
+        if self._broker is None:
+            if self.broker_spec:
+                self._broker = _import_broker(self.broker_spec)
+            else:
+                self._broker = PostgresBroker(self.url, schema=self.schema)
+                self._owned = True
+        return self._broker
+
+    def postgres_broker(self, command: str) -> PostgresBroker:
+        """The broker, which ``command`` needs to be a broker_pg PostgresBroker."""
+        broker = self.broker
+        if not isinstance(broker, PostgresBroker):
+            raise CommandError(
+                f"{command} works on broker_pg's queues, but --broker {self.broker_spec} "
+                f"is a {type(broker).__name__}"
+            )
+        return broker
+
+    @property
+    def schema_name(self) -> str:
+        """The schema in use: the imported broker's, once imported, else the configured one."""
+        return self.database.schema if self._broker is not None else self.schema
+
+    @property
+    def database(self) -> Database:
+        """Where executions (and, on broker_pg, messages) are kept."""
+        broker = self.broker
+        if isinstance(broker, PostgresBroker):
+            return broker.db
+        return middleware_for(broker).store.db
+
+    def close(self) -> None:
+        if self._owned and self._broker is not None:
+            self._broker.close()
+
+
+def _import_broker(spec: str) -> dramatiq.Broker:
+    # Like the dramatiq command, resolve application modules from the current directory.
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        _, broker = import_broker(spec)
+    except (BrokerError, ZartError):
+        raise
+    except Exception as e:
+        raise CommandError(f"--broker {spec}: {type(e).__name__}: {e}") from e
+    return broker  # type: ignore[no-any-return]
+
+
+# -- Commands ---------------------------------------------------------------
+
+
+def cmd_migrate(session: Session, args: argparse.Namespace) -> int:
+    db = session.database if session.broker_spec else None
+    url, schema = (db.url, db.schema) if db else (session.url, session.schema)
+    applied = migrate(url, schema=schema)
+    for name in applied:
+        print(f"applied {name}")
+    if not applied:
+        print(f"schema {schema!r} is up to date")
+    return 0
+
+
+def cmd_queues(session: Session, args: argparse.Namespace) -> int:
+    broker = session.postgres_broker("queues")
+    queries = Queries("zart_dramatiq", "cli_queries.sql", broker.db.schema)
+    with broker.db.connection() as conn:
+        counts = conn.execute(queries["queue_counts"]).fetchall()
+        workers = conn.execute(queries["live_workers"]).fetchall()
+    # Queues the imported application declares are listed even when empty.
+    seen = {row[0] for row in counts}
+    counts += [(name, 0, 0, 0, 0, 0) for name in broker.get_declared_queues() - seen]
+    counts.sort(key=lambda row: row[0])
+    queue_fields = ("queue", "queued", "delayed", "parked", "claimed", "dead_letters")
+    worker_fields = ("id", "hostname", "pid", "started_at", "heartbeat_age_s", "claimed")
+    if args.json:
+        _print_json(
+            {
+                "queues": [dict(zip(queue_fields, row, strict=True)) for row in counts],
+                "workers": [dict(zip(worker_fields, row, strict=True)) for row in workers],
+            }
+        )
+        return 0
+    print(_table(queue_fields, counts, empty="no queues"))
+    print()
+    print(
+        _table(
+            ("worker", "hostname", "pid", "started", "heartbeat (s ago)", "claimed"),
+            workers,
+            empty="no live workers",
+        )
+    )
+    return 0
+
+
+def cmd_dead_letters_list(session: Session, args: argparse.Namespace) -> int:
+    broker = session.postgres_broker("dead-letters")
+    letters = broker.list_dead_letters(args.queue, limit=args.limit)
+    if args.json:
+        _print_json([dataclasses.asdict(d) for d in letters])
+        return 0
+    print(
+        _table(
+            ("id", "queue", "actor", "message_id", "deliveries", "dead_at", "error"),
+            [
+                (
+                    d.id,
+                    d.queue_name,
+                    d.actor_name,
+                    d.message_id,
+                    d.deliveries,
+                    d.dead_at,
+                    _first_line(d.error),
+                )
+                for d in letters
+            ],
+            empty="no dead letters",
+        )
+    )
+    return 0
+
+
+def cmd_dead_letters_requeue(session: Session, args: argparse.Namespace) -> int:
+    if args.ids and args.all:
+        raise CommandError("give dead-letter IDs or --all, not both")
+    if not (args.ids or args.queue or args.all):
+        raise CommandError(
+            "refusing to requeue every dead letter: give IDs, --queue QUEUE, or --all"
+        )
+    broker = session.postgres_broker("dead-letters")
+    count = broker.requeue_dead_letters(args.ids or None, queue_name=args.queue)
+    print(f"requeued {count} dead letter{'' if count == 1 else 's'}")
+    return 0
+
+
+def cmd_dead_letters_purge(session: Session, args: argparse.Namespace) -> int:
+    if not (args.queue or args.older_than is not None or args.all):
+        raise CommandError(
+            "refusing to purge every dead letter: give --queue QUEUE, --older-than SECONDS, "
+            "or --all"
+        )
+    broker = session.postgres_broker("dead-letters")
+    count = broker.purge_dead_letters(queue_name=args.queue, older_than=args.older_than)
+    print(f"purged {count} dead letter{'' if count == 1 else 's'}")
+    return 0
+
+
+def cmd_executions_list(session: Session, args: argparse.Namespace) -> int:
+    executions = zart.list_executions(args.status, limit=args.limit, broker=session.broker)
+    if args.json:
+        _print_json([dataclasses.asdict(e) for e in executions])
+        return 0
+    print(
+        _table(
+            ("id", "actor", "status", "waiting_for", "wake_at", "created", "updated"),
+            [
+                (
+                    e.id,
+                    e.actor_name,
+                    e.status,
+                    e.waiting_for,
+                    e.wake_at,
+                    e.created_at,
+                    e.updated_at,
+                )
+                for e in executions
+            ],
+            empty="no executions",
+        )
+    )
+    return 0
+
+
+def cmd_executions_show(session: Session, args: argparse.Namespace) -> int:
+    info = zart.get_execution(args.execution_id, broker=session.broker)
+    if args.json:
+        _print_json(dataclasses.asdict(info))
+        return 0
+    fields: list[tuple[str, Any]] = [
+        ("execution", info.id),
+        ("actor", f"{info.actor_name} (queue {info.queue_name})"),
+        ("status", info.status),
+        ("created", info.created_at),
+        ("updated", info.updated_at),
+        ("finished", info.finished_at),
+        ("deadline", info.deadline),
+        ("waiting for", info.waiting_for),
+        ("wake at", info.wake_at),
+        ("runs", info.runs),
+        ("input", _compact_json(info.input)),
+    ]
+    if info.status == "completed":
+        fields.append(("result", _compact_json(info.result)))
+    if info.error:
+        fields.append(("error", _error_text(info.error)))
+    width = max(len(label) for label, _ in fields)
+    for label, value in fields:
+        print(f"{label.ljust(width)}  {_cell(value)}")
+    print()
+    print(
+        _table(
+            ("step", "kind", "status", "attempts", "started", "duration", "wake_at", "error"),
+            [
+                (
+                    s.key,
+                    s.kind,
+                    s.status,
+                    s.attempts,
+                    s.started_at,
+                    _duration(s.started_at, s.finished_at),
+                    s.wake_at,
+                    _error_text(s.error) if s.error else None,
+                )
+                for s in info.steps
+            ],
+            empty="no steps yet",
+        )
+    )
+    return 0
+
+
+def cmd_cancel(session: Session, args: argparse.Namespace) -> int:
+    previous = zart.cancel(args.execution_id, broker=session.broker)
+    if previous == "cancelled":
+        print(f"execution {args.execution_id!r} was already cancelled")
+        return 0
+    if previous in ("completed", "failed", "timed_out"):
+        raise CommandError(
+            f"cannot cancel: execution {args.execution_id!r} already ended {previous}"
+        )
+    print(f"cancelled execution {args.execution_id!r} (was {previous})")
+    return 0
+
+
+def cmd_retry(session: Session, args: argparse.Namespace) -> int:
+    zart.retry(args.execution_id, broker=session.broker)
+    print(f"restarted execution {args.execution_id!r} from its failed step")
+    return 0
+
+
+def cmd_send_event(session: Session, args: argparse.Namespace) -> int:
+    try:
+        payload = None if args.payload is None else json.loads(args.payload)
+    except json.JSONDecodeError as e:
+        raise CommandError(f"argument JSON: {args.payload!r} is not valid JSON ({e})") from None
+    stored = zart.send_event(
+        args.execution_id, args.name, payload, key=args.key, broker=session.broker
+    )
+    if stored:
+        print(f"sent event {args.name!r} to execution {args.execution_id!r}")
+    else:
+        print(
+            f"event {args.name!r} with key {args.key!r} was already delivered to execution "
+            f"{args.execution_id!r}; not sent again"
+        )
+    return 0
+
+
+# -- Output -----------------------------------------------------------------
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, default=_json_default))
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return str(value)
+
+
+def _compact_json(value: Any) -> str:
+    return json.dumps(value, separators=(", ", ": "), default=_json_default)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, datetime):
+        return value.astimezone().isoformat(sep=" ", timespec="seconds")
+    if isinstance(value, float):
+        return f"{value:.1f}"
+    return str(value)
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]], *, empty: str) -> str:
+    if not rows:
+        return f"({empty})"
+    cells = [[_cell(v) for v in row] for row in rows]
+    widths = [max(len(h), *(len(row[i]) for row in cells)) for i, h in enumerate(headers)]
+    lines = [[h.upper() for h in headers], *cells]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in lines
+    )
+
+
+def _first_line(text: str | None) -> str | None:
+    return text.strip().splitlines()[0] if text and text.strip() else None
+
+
+def _error_text(error: dict[str, Any]) -> str:
+    return f"{error.get('type')}: {_first_line(str(error.get('message') or ''))}"
+
+
+def _duration(started: datetime, finished: datetime | None) -> str | None:
+    if finished is None:
+        return None
+    seconds = (finished - started).total_seconds()
+    return f"{seconds * 1000:.0f}ms" if seconds < 1 else f"{seconds:.1f}s"
+
+
+# -- Arguments --------------------------------------------------------------
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _seconds(text: str) -> timedelta:
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be zero or more seconds, got {text}")
+    return timedelta(seconds=value)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``zart-dramatiq``."""
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="Operate zart-dramatiq: schema, queues, dead letters, executions."
+    )
+    parser.add_argument(
+        "--url", help="PostgreSQL URL (default: DATABASE_URL, else the embedded server)"
+    )
+    parser.add_argument("--schema", help="schema of the tables (default: ZART_SCHEMA, else zart)")
+    parser.add_argument(
+        "--broker",
+        metavar="MODULE:ATTRIBUTE",
+        help="use the application's broker (as the dramatiq command takes it), "
+        "e.g. when its workers run on Redis or RabbitMQ",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(
+        parent: Any, name: str, handler: Callable[[Session, argparse.Namespace], int], summary: str
+    ) -> argparse.ArgumentParser:
+        sub: argparse.ArgumentParser = parent.add_parser(name, help=summary, description=summary)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    def json_flag(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    command(commands, "migrate", cmd_migrate, "create or upgrade the schema")
+    json_flag(command(commands, "queues", cmd_queues, "message counts per queue, live workers"))
+
+    dead = commands.add_parser("dead-letters", help="list, requeue or purge dead letters")
+    dead_commands = dead.add_subparsers(dest="action", required=True, metavar="ACTION")
+    sub = command(dead_commands, "list", cmd_dead_letters_list, "list dead letters, oldest first")
+    sub.add_argument("--queue", help="only this queue")
+    sub.add_argument("--limit", type=_positive_int, default=100)
+    json_flag(sub)
+    sub = command(
+        dead_commands, "requeue", cmd_dead_letters_requeue, "put dead letters back on their queues"
+    )
+    sub.add_argument("ids", nargs="*", type=int, metavar="ID")
+    scope = sub.add_mutually_exclusive_group()
+    scope.add_argument("--queue", help="the dead letters of this queue")
+    scope.add_argument("--all", action="store_true", help="every dead letter")
+    sub = command(dead_commands, "purge", cmd_dead_letters_purge, "delete dead letters")
+    scope = sub.add_mutually_exclusive_group()
+    scope.add_argument("--queue", help="only this queue")
+    scope.add_argument("--all", action="store_true", help="every queue")
+    sub.add_argument(
+        "--older-than", type=_seconds, metavar="SECONDS", help="only those dead this long"
+    )
+
+    executions = commands.add_parser("executions", help="inspect and control executions")
+    execution_commands = executions.add_subparsers(dest="action", required=True, metavar="ACTION")
+    sub = command(execution_commands, "list", cmd_executions_list, "executions, newest first")
+    sub.add_argument("--status", choices=STATUSES)
+    sub.add_argument("--limit", type=_positive_int, default=50)
+    json_flag(sub)
+    sub = command(execution_commands, "show", cmd_executions_show, "an execution and its steps")
+    sub.add_argument("execution_id", metavar="ID")
+    json_flag(sub)
+    for parent in (execution_commands, commands):
+        command(parent, "cancel", cmd_cancel, "cancel an execution").add_argument(
+            "execution_id", metavar="ID"
+        )
+    command(
+        execution_commands,
+        "retry",
+        cmd_retry,
+        "restart a failed, timed out or cancelled execution from its failed step",
+    ).add_argument("execution_id", metavar="ID")
+
+    sub = command(commands, "send-event", cmd_send_event, "send an event to an execution")
+    sub.add_argument("execution_id", metavar="ID")
+    sub.add_argument("name", metavar="NAME")
+    sub.add_argument("payload", metavar="JSON", nargs="?", help="the payload (default: null)")
+    sub.add_argument("--key", help="deduplication key: an event with a key is delivered once")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``zart-dramatiq`` with ``argv``; return the exit status."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as stop:
+        # --help and usage errors: argparse has already printed.
+        return stop.code if isinstance(stop.code, int) else 2
+    try:
+        session = Session(args.url, args.schema, args.broker)
+    except CommandError as e:
+        return _fail(str(e))
+    try:
+        return int(args.handler(session, args))
+    except (CommandError, ZartError, BrokerError) as e:
+        return _fail(str(e))
+    except (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName) as e:
+        return _fail(
+            f"{_first_line(str(e))}: schema {session.schema_name!r} is not set up; "
+            f"run `{PROG} migrate` first"
+        )
+    except psycopg.Error as e:
+        return _fail(f"database error: {_first_line(str(e))}")
+    finally:
+        session.close()
+
+
+def _fail(message: str) -> int:
+    # One line, even when a driver's message spans several.
+    print(f"{PROG}: error: {' '.join(message.split())}", file=sys.stderr)
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
