@@ -32,7 +32,7 @@ from .errors import (
     ZartError,
 )
 from .middleware import DurableMiddleware
-from .retry import Retry
+from .retry_policy import Retry
 from .steps import step
 from .waits import sleep, sleep_until, wait_for_event
 

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar, overload
 
 from .errors import NonDeterminismError
-from .retry import NO_RETRY, Retry
+from .retry_policy import NO_RETRY, Retry
 from .run import Run, current_run
 from .serialization import dump, error_from_json, error_to_json, load
 

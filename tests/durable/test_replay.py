@@ -46,8 +46,12 @@ def test_steps_restore_their_annotated_types_on_replay(broker, worker, effects: 
 
     @zart.durable
     def flow() -> str:
-        values = (zart.step("price", price), zart.step("parcel", parcel),
-                  zart.step("stamp", stamp), zart.step("nothing", nothing))
+        values = (
+            zart.step("price", price),
+            zart.step("parcel", parcel),
+            zart.step("stamp", stamp),
+            zart.step("nothing", nothing),
+        )
         seen.append(values)
         zart.sleep("pause", timedelta(milliseconds=50))
         return "done"
@@ -87,9 +91,7 @@ def second_function() -> int:
     return 2
 
 
-def test_a_step_that_resolves_to_another_function_on_replay_fails_naming_it(
-    broker, worker
-) -> None:
+def test_a_step_that_resolves_to_another_function_on_replay_fails_naming_it(broker, worker) -> None:
     switch = {"fn": first_function}
 
     @zart.durable(max_retries=0)

@@ -1,0 +1,185 @@
+"""Idempotent start, one body at a time, execution timeout and cancel."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+
+import pytest
+from psycopg import sql
+
+import zart_dramatiq as zart
+from tests.durable.support import Effects, eventually
+
+
+def count_rows(db, schema: str, table: str) -> int:
+    query = sql.SQL("SELECT count(*) FROM {}.{}").format(
+        sql.Identifier(schema), sql.Identifier(table)
+    )
+    return db.execute(query).fetchone()[0]
+
+
+def test_same_id_same_input_returns_the_existing_execution(broker, worker, effects) -> None:
+    @zart.durable
+    def flow(n: int) -> int:
+        return zart.step("once", lambda: effects("once") or n)
+
+    first = zart.start(flow, 5, execution_id="job-5")
+    assert first.result(timeout=15) == 5
+    again = zart.start(flow, 5, execution_id="job-5")
+    assert again.execution_id == "job-5"
+    assert again.result(timeout=15) == 5
+    assert effects["once"] == 1
+
+
+def test_same_id_different_input_is_a_conflict_naming_the_id(broker, db, schema) -> None:
+    @zart.durable
+    def flow(n: int) -> int:
+        return n
+
+    zart.start(flow, 1, execution_id="job-x")
+    with pytest.raises(zart.ExecutionConflict, match="'job-x'"):
+        zart.start(flow, 2, execution_id="job-x")
+    assert count_rows(db, schema, "messages") == 1
+
+
+def test_concurrent_starts_of_one_id_create_one_execution(broker, db, schema) -> None:
+    @zart.durable
+    def flow(n: int) -> int:
+        return n
+
+    barrier = threading.Barrier(8)
+
+    def start() -> str:
+        barrier.wait()
+        return zart.start(flow, 3, execution_id="job-c").execution_id
+
+    with ThreadPoolExecutor(8) as pool:
+        ids = list(pool.map(lambda _: start(), range(8)))
+    assert set(ids) == {"job-c"}
+    assert count_rows(db, schema, "executions") == 1
+    assert count_rows(db, schema, "messages") == 1
+
+
+def test_duplicate_deliveries_never_run_the_body_concurrently(broker, worker, effects) -> None:
+    release = threading.Event()
+    running = Effects()
+
+    def slow() -> int:
+        running("slow")
+        assert running["slow"] - effects["slow-done"] == 1, "two bodies ran at once"
+        release.wait(10)
+        effects("slow-done")
+        return 1
+
+    @zart.durable
+    def flow() -> int:
+        return zart.step("slow", slow)
+
+    handle = zart.start(flow, execution_id="dup")
+    eventually(lambda: running["slow"] == 1, what="the body to start")
+    # A duplicate delivery of the same message while the body runs.
+    message = flow.message_with_options(zart_execution_id="dup", zart_seq=0)
+    broker.enqueue(message)
+    eventually(lambda: handle.status() == "running" and broker_has_deferred(broker), what="defer")
+    release.set()
+    assert handle.result(timeout=15) == 1
+    assert running["slow"] == 1
+
+
+def broker_has_deferred(broker) -> bool:
+    with broker.db.connection() as conn:
+        query = sql.SQL("SELECT count(*) FROM {}.messages WHERE eta > now()").format(
+            sql.Identifier(broker.db.schema)
+        )
+        return conn.execute(query).fetchone()[0] == 1
+
+
+def test_timeout_marks_the_execution_timed_out_while_it_sleeps(broker, worker) -> None:
+    @zart.durable(timeout=timedelta(milliseconds=500))
+    def flow() -> str:
+        zart.sleep("long", timedelta(hours=1))
+        return "never"
+
+    handle = zart.start(flow)
+    with pytest.raises(zart.ExecutionFailed) as failure:
+        handle.result(timeout=15)
+    assert failure.value.status == "timed_out"
+    assert zart.get_execution(handle.execution_id).status == "timed_out"
+
+
+def test_timeout_applies_while_waiting_for_an_event(broker, worker) -> None:
+    @zart.durable(timeout=timedelta(milliseconds=500))
+    def flow() -> dict:
+        return zart.wait_for_event("never")
+
+    with pytest.raises(zart.ExecutionFailed) as failure:
+        zart.start(flow).result(timeout=15)
+    assert failure.value.status == "timed_out"
+
+
+def test_cancel_removes_the_pending_wake_up(broker, worker, db, schema) -> None:
+    @zart.durable
+    def flow() -> str:
+        zart.sleep("long", timedelta(hours=1))
+        return "never"
+
+    handle = zart.start(flow)
+    eventually(lambda: handle.status() == "sleeping", what="the sleep")
+    assert count_rows(db, schema, "messages") == 1
+    assert zart.cancel(handle.execution_id) == "sleeping"
+    assert count_rows(db, schema, "messages") == 0
+    assert zart.get_execution(handle.execution_id).status == "cancelled"
+    with pytest.raises(zart.ExecutionFailed, match="cancelled"):
+        handle.result(timeout=5)
+
+
+def test_cancel_stops_the_body_at_its_next_step_boundary(broker, worker, effects) -> None:
+    entered = threading.Event()
+    release = threading.Event()
+
+    def blocking() -> None:
+        entered.set()
+        release.wait(10)
+
+    @zart.durable
+    def flow() -> str:
+        zart.step("first", blocking)
+        zart.step("second", lambda: effects("second"))
+        return "finished"
+
+    handle = zart.start(flow)
+    assert entered.wait(10)
+    zart.cancel(handle.execution_id)
+    release.set()
+    with pytest.raises(zart.ExecutionFailed, match="cancelled"):
+        handle.result(timeout=15)
+    steps = [s.key for s in zart.get_execution(handle.execution_id).steps]
+    assert steps == ["step:first"]
+    assert effects["second"] == 0
+
+
+def test_retry_reruns_the_failed_step_and_keeps_the_others(broker, worker, effects) -> None:
+    flaky = {"fail": True}
+
+    def sometimes() -> str:
+        effects("sometimes")
+        if flaky["fail"]:
+            raise RuntimeError("down")
+        return "up"
+
+    @zart.durable(max_retries=0)
+    def flow() -> str:
+        zart.step("before", lambda: effects("before"))
+        return zart.step("sometimes", sometimes)
+
+    handle = zart.start(flow)
+    with pytest.raises(zart.ExecutionFailed):
+        handle.result(timeout=15)
+    flaky["fail"] = False
+    zart.retry(handle.execution_id)
+    assert handle.result(timeout=15) == "up"
+    assert (effects["before"], effects["sometimes"]) == (1, 2)
+    with pytest.raises(zart.ExecutionFinished):
+        zart.retry(handle.execution_id)
