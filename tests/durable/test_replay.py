@@ -11,8 +11,8 @@ import pytest
 from pydantic import BaseModel
 
 import zart_dramatiq as zart
-from zart_dramatiq.store import Store
 from tests.durable.support import Effects, eventually
+from zart_dramatiq.store import Store
 
 
 class Money(BaseModel):

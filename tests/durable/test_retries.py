@@ -52,7 +52,8 @@ def test_exhausted_retries_record_the_error_and_replays_reraise_it(broker, worke
             zart.step("charge", failing(effects, "charge", 99), retry=policy)
         except Flaky as error:
             # Compensation: runs on the first pass and again, identically, on replay.
-            refund = zart.step("refund", lambda: effects("refund") or f"refunded: {error}")
+            reason = str(error)
+            refund = zart.step("refund", lambda: effects("refund") or f"refunded: {reason}")
         zart.sleep("settle", timedelta(milliseconds=50))
         return refund
 
