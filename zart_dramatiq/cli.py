@@ -35,7 +35,7 @@ from broker_pg import Database, PostgresBroker, migrate
 from broker_pg.sqlfile import Queries
 
 from .errors import ZartError
-from .middleware import middleware_for
+from .middleware import TERMINAL, middleware_for
 
 PROG = "zart-dramatiq"
 
@@ -117,7 +117,7 @@ def _import_broker(spec: str) -> dramatiq.Broker:
     try:
         _, broker = import_broker(spec)
     except (BrokerError, ZartError):
-        raise
+        raise  # the application's own configuration errors already say what is wrong
     except Exception as e:
         raise CommandError(f"--broker {spec}: {type(e).__name__}: {e}") from e
     return broker  # type: ignore[no-any-return]
@@ -300,7 +300,7 @@ def cmd_cancel(session: Session, args: argparse.Namespace) -> int:
     if previous == "cancelled":
         print(f"execution {args.execution_id!r} was already cancelled")
         return 0
-    if previous in ("completed", "failed", "timed_out"):
+    if previous in TERMINAL:
         raise CommandError(
             f"cannot cancel: execution {args.execution_id!r} already ended {previous}"
         )
@@ -309,7 +309,11 @@ def cmd_cancel(session: Session, args: argparse.Namespace) -> int:
 
 
 def cmd_retry(session: Session, args: argparse.Namespace) -> int:
-    zart.retry(args.execution_id, broker=session.broker)
+    broker = session.broker
+    # The restarting message goes to the execution's queue, which a broker built
+    # here, without the application's actors, has not declared.
+    broker.declare_queue(zart.get_execution(args.execution_id, broker=broker).queue_name)
+    zart.retry(args.execution_id, broker=broker)
     print(f"restarted execution {args.execution_id!r} from its failed step")
     return 0
 
@@ -441,7 +445,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command(
         dead_commands, "requeue", cmd_dead_letters_requeue, "put dead letters back on their queues"
     )
-    sub.add_argument("ids", nargs="*", type=int, metavar="ID")
+    sub.add_argument(
+        "ids", nargs="*", type=int, metavar="ID", help="dead-letter ids, from dead-letters list"
+    )
     scope = sub.add_mutually_exclusive_group()
     scope.add_argument("--queue", help="the dead letters of this queue")
     scope.add_argument("--all", action="store_true", help="every dead letter")
@@ -474,8 +480,8 @@ def build_parser() -> argparse.ArgumentParser:
     ).add_argument("execution_id", metavar="ID")
 
     sub = command(commands, "send-event", cmd_send_event, "send an event to an execution")
-    sub.add_argument("execution_id", metavar="ID")
-    sub.add_argument("name", metavar="NAME")
+    sub.add_argument("execution_id", metavar="ID", help="the execution's id")
+    sub.add_argument("name", metavar="NAME", help="the event's name, as in wait_for_event")
     sub.add_argument("payload", metavar="JSON", nargs="?", help="the payload (default: null)")
     sub.add_argument("--key", help="deduplication key: an event with a key is delivered once")
     return parser

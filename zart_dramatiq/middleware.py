@@ -6,8 +6,8 @@ Hooks, in the order a delivery meets them:
 * The actor's call acquires the execution, replays its journal, runs the
   body and records its end (``run_body``). A pause raises ``Suspended``, a
   SkipMessage, so Retries, Callbacks, Pipelines and Results ignore it.
-* ``after_process_message`` runs after Retries (the middleware sits before it
-  in the list): once Dramatiq gives up on the message, the execution is failed.
+* ``after_process_message`` runs after Retries (the middleware sits first in
+  the list): once Dramatiq gives up on the message, the execution is failed.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from uuid import UUID
 
 import dramatiq
 from dramatiq import Message, MessageProxy
+from dramatiq.common import current_millis
 from dramatiq.middleware import Retries
 
 from broker_pg import Database, PostgresBroker
@@ -186,6 +187,10 @@ class DurableMiddleware(dramatiq.Middleware):
 
     def before_process_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
         self.bind(broker)
+        if int(message.options.get(SEQ, 0)) > 0:
+            # A resumed execution is a new delivery for AgeLimit, which runs next:
+            # it must not count the time the execution slept or waited.
+            message._message = message._message.copy(message_timestamp=current_millis())
         _delivery.set(message)
 
     def after_process_message(
@@ -387,9 +392,9 @@ def middleware_for(broker: dramatiq.Broker) -> DurableMiddleware:
             middleware.bind(broker)
             return middleware
     middleware = DurableMiddleware()
-    retries = next((type(m) for m in broker.middleware if isinstance(m, Retries)), None)
-    broker.add_middleware(middleware, before=retries) if retries else broker.add_middleware(
-        middleware
-    )
+    # First in the list: its before_* hooks run before AgeLimit's, and its
+    # after_* hooks last, once Retries has decided whether the message failed.
+    first = type(broker.middleware[0]) if broker.middleware else None
+    broker.add_middleware(middleware, before=first)
     middleware.bind(broker)
     return middleware

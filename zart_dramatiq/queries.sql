@@ -56,7 +56,7 @@ WITH owner AS (
     ON CONFLICT (execution_id, step_key) DO UPDATE
        SET status = excluded.status, result = excluded.result, error = excluded.error,
            attempts = excluded.attempts, finished_at = excluded.finished_at,
-           wake_at = excluded.wake_at
+           wake_at = coalesce(excluded.wake_at, {schema}.steps.wake_at)
     RETURNING wake_at
 )
 SELECT owner.status, owner.expired, (SELECT wake_at FROM saved) FROM owner

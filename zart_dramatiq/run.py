@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from dramatiq import MessageProxy
-from dramatiq.common import current_millis
 from dramatiq.middleware import SkipMessage
 
 from .errors import NotInExecution
@@ -143,11 +142,7 @@ class Run:
         Runs inside ``tx``: the checkpoint, the resuming message and the ack of
         this delivery commit together on broker_pg.
         """
-        resume = self.delivery.copy(
-            options={EXECUTION_ID: self.execution_id, SEQ: self.seq + 1},
-            # Re-stamped so AgeLimit measures the wait, not the whole execution.
-            message_timestamp=current_millis(),
-        )
+        resume = self.delivery.copy(options={EXECUTION_ID: self.execution_id, SEQ: self.seq + 1})
         row = self.store.run(
             tx,
             "suspend",

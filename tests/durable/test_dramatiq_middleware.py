@@ -1,0 +1,101 @@
+"""A pause is neither success nor failure for Dramatiq's own middleware."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import dramatiq
+from dramatiq import Worker, pipeline
+from dramatiq.middleware import AsyncIO
+from dramatiq.results import Results
+
+import zart_dramatiq as zart
+from broker_pg import PostgresBackend
+from tests.durable.support import Effects, eventually
+
+
+def test_results_and_callbacks_see_only_the_real_completion(
+    broker, database_url, schema, effects: Effects
+) -> None:
+    backend = PostgresBackend(database_url, schema=schema)
+    broker.add_middleware(Results(backend=backend))
+    finished: list[object] = []
+
+    @dramatiq.actor
+    def on_done(message: dict, result: object) -> None:
+        finished.append(result)
+
+    @zart.durable(store_results=True, max_retries=0)
+    def flow() -> int:
+        zart.sleep("one", timedelta(milliseconds=100))
+        zart.sleep("two", timedelta(milliseconds=100))
+        return zart.step("answer", lambda: 42)
+
+    worker = Worker(broker, worker_timeout=100, worker_threads=4)
+    worker.start()
+    try:
+        message = flow.send_with_options(on_success=on_done)
+        # Blocks through both pauses: no early None is stored for them.
+        assert message.get_result(backend=backend, block=True, timeout=15_000) == 42
+        eventually(lambda: finished == [42], what="the on_success callback")
+        broker.join(flow.queue_name)
+        assert finished == [42]
+        # Retries never counted the pauses (max_retries=0 would have failed it).
+        assert broker.list_dead_letters() == []
+    finally:
+        worker.stop()
+        backend.close()
+
+
+def test_pipelines_continue_once_with_the_final_result(broker, worker) -> None:
+    received: list[int] = []
+
+    @dramatiq.actor
+    def collect(value: int) -> None:
+        received.append(value)
+
+    @zart.durable
+    def flow() -> int:
+        zart.sleep("pause", timedelta(milliseconds=100))
+        return 7
+
+    pipeline([flow.message(), collect.message()]).run()
+    eventually(lambda: received == [7], what="the next pipeline stage")
+    broker.join(flow.queue_name)
+    assert received == [7]
+
+
+def test_age_limit_does_not_drop_a_message_resumed_after_a_long_sleep(broker, worker) -> None:
+    @zart.durable(max_age=300)
+    def flow() -> str:
+        zart.sleep("longer-than-max-age", timedelta(milliseconds=600))
+        return "resumed"
+
+    assert zart.start(flow).result(timeout=15) == "resumed"
+
+
+def test_time_limit_applies_to_each_run_not_to_the_sleep(broker, worker) -> None:
+    @zart.durable(time_limit=1000)
+    def flow() -> str:
+        zart.sleep("longer-than-time-limit", timedelta(milliseconds=1500))
+        return "in time"
+
+    assert zart.start(flow).result(timeout=15) == "in time"
+
+
+def test_async_actors_are_durable_too(broker, effects: Effects) -> None:
+    broker.add_middleware(AsyncIO())
+
+    @zart.durable
+    async def flow(n: int) -> int:
+        doubled = zart.step("double", lambda: effects("double") or n * 2)
+        zart.sleep("pause", timedelta(milliseconds=100))
+        return doubled + 1
+
+    worker = Worker(broker, worker_timeout=100, worker_threads=2)
+    worker.start()
+    try:
+        assert zart.start(flow, 20).result(timeout=15) == 41
+        assert effects["double"] == 1
+    finally:
+        worker.stop()
