@@ -177,8 +177,11 @@ class DurableMiddleware(dramatiq.Middleware):
 
     # -- Hooks -------------------------------------------------------------
 
-    def before_worker_boot(self, broker: dramatiq.Broker, worker: Any) -> None:
+    def after_worker_boot(self, broker: dramatiq.Broker, worker: Any) -> None:
         self.bind(broker)
+        if not self.transport.atomic:
+            # Heartbeats for the bodies this worker runs, and the sweeper.
+            self._own_presence()
 
     def after_worker_shutdown(self, broker: dramatiq.Broker, worker: Any) -> None:
         listener, self._listener = self._listener, None
