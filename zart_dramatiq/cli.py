@@ -309,11 +309,7 @@ def cmd_cancel(session: Session, args: argparse.Namespace) -> int:
 
 
 def cmd_retry(session: Session, args: argparse.Namespace) -> int:
-    broker = session.broker
-    # The restarting message goes to the execution's queue, which a broker built
-    # here, without the application's actors, has not declared.
-    broker.declare_queue(zart.get_execution(args.execution_id, broker=broker).queue_name)
-    zart.retry(args.execution_id, broker=broker)
+    zart.retry(args.execution_id, broker=session.broker)
     print(f"restarted execution {args.execution_id!r} from its failed step")
     return 0
 

@@ -91,7 +91,9 @@ UPDATE {schema}.executions
    SET status = %(status)s, run_owner = NULL, wake_seq = %(seq)s, waiting_for = %(waiting_for)s,
        wake_at = %(wake_at)s, resume_message = %(message)s, updated_at = now()
  WHERE id = %(id)s AND run_owner = %(worker_id)s
-RETURNING greatest(0, (extract(epoch FROM least(%(wake_at)s, deadline) - now()) * 1000))::bigint
+RETURNING CASE WHEN least(%(wake_at)s, deadline) IS NOT NULL
+            THEN greatest(0, extract(epoch FROM least(%(wake_at)s, deadline) - now()) * 1000)::bigint
+       END
 
 -- name: set_wake_message
 UPDATE {schema}.executions SET wake_message = %(row_id)s WHERE id = %(id)s

@@ -29,12 +29,18 @@ class Transport:
 
     def send(self, tx: Transaction, message: Message[Any], delay_ms: int | None) -> int | None:
         """Schedule ``message`` after ``delay_ms``, or park it when None; maybe return its id."""
+        self.declare(message)
         if delay_ms is not None:
             tx.after_commit.append(lambda: self.broker.enqueue(message, delay=delay_ms or None))
         return None
 
     def wake(self, tx: Transaction, wake_message: int | None, message: Message[Any]) -> None:
+        self.declare(message)
         tx.after_commit.append(lambda: self.broker.enqueue(message))
+
+    def declare(self, message: Message[Any]) -> None:
+        """Let a process that does not run the actor (a CLI, a web app) send to its queue."""
+        self.broker.declare_queue(message.queue_name)
 
     def settle(self, tx: Transaction, delivery: MessageProxy) -> None:
         """The Worker acks ``delivery`` once the actor returns."""
@@ -50,6 +56,7 @@ class PostgresTransport(Transport):
     broker: PostgresBroker
 
     def send(self, tx: Transaction, message: Message[Any], delay_ms: int | None) -> int | None:
+        self.declare(message)
         with self.broker.transaction(tx.conn):
             return self.broker.enqueue_parked(message, delay=delay_ms)
 

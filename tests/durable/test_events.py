@@ -116,3 +116,20 @@ def test_a_payload_that_fails_its_model_is_an_error_naming_the_event(broker, wor
         handle.result(timeout=15)
     assert failure.value.error["type"].endswith("SerializationError")
     assert "'shipment'" in failure.value.error["message"]
+
+
+def test_a_wait_without_timeout_parks_and_costs_nothing(broker, worker, db, schema) -> None:
+    @zart.durable
+    def flow() -> dict:
+        return zart.wait_for_event("someday")
+
+    handle = zart.start(flow)
+    eventually(lambda: waiting(handle), what="the event wait")
+    query = sql.SQL("SELECT state FROM {}.messages").format(sql.Identifier(schema))
+    assert db.execute(query).fetchall() == [("parked",)]
+    runs = sql.SQL("SELECT runs FROM {}.executions").format(sql.Identifier(schema))
+    assert db.execute(runs).fetchone()[0] == 1
+    broker.join(flow.queue_name, timeout=5000)  # nothing claimable: parked rows are not waited on
+    assert db.execute(runs).fetchone()[0] == 1
+    zart.send_event(handle.execution_id, "someday", {"n": 1})
+    assert handle.result(timeout=15) == {"n": 1}

@@ -1,0 +1,185 @@
+"""The examples run as documented: the README demo, onboarding, and a CLI-driven approval."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from .test_cli import Cli, wait_until
+
+ROOT = Path(__file__).resolve().parent.parent
+#: The console script installed with the package, next to this interpreter.
+ZART_DRAMATIQ = str(Path(sys.executable).with_name("zart-dramatiq"))
+
+
+def app_env(database_url: str, schema: str) -> dict[str, str]:
+    return {**os.environ, "DATABASE_URL": database_url, "ZART_SCHEMA": schema}
+
+
+def run(
+    argv: list[str], env: dict[str, str], timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def unmigrated_schema(database_url: str) -> Iterator[str]:
+    """A schema name nobody has created yet; dropped at the end."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    yield name
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(name)))
+
+
+def test_readme_demo_runs(database_url: str, unmigrated_schema: str) -> None:
+    demo = run(
+        [sys.executable, "-m", "examples.demo"],
+        app_env(database_url, unmigrated_schema),
+        timeout=180,
+    )
+    assert demo.returncode == 0, demo.stdout + demo.stderr
+    assert "applied 0001_broker, 0002_durable" in demo.stdout
+    assert "Receipt: Receipt(order_id=" in demo.stdout
+    assert "tracking_number='1Z" in demo.stdout
+    steps = [line.split()[:3] for line in demo.stdout.splitlines() if line.startswith("  ")]
+    assert steps[1:] == [
+        ["step:validate-address", "completed", "1"],
+        ["step:charge_card", "completed", "1"],
+        ["sleep:warehouse-settle", "completed", "1"],
+        ["event:shipment_ready", "completed", "1"],
+    ]
+    assert "Stopped the worker" in demo.stdout
+
+
+@pytest.fixture
+def start_app_worker(
+    database_url: str, schema: str, tmp_path: Path
+) -> Iterator[Callable[[str], Path]]:
+    """Run ``dramatiq <module>`` in a subprocess on the test schema; return the path of its log.
+
+    Workers are stopped with SIGTERM at the end, and killed if they linger.
+    """
+    workers: list[subprocess.Popen[bytes]] = []
+
+    def start(module: str) -> Path:
+        log_path = tmp_path / f"{module}.log"
+        with log_path.open("wb") as log:
+            workers.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "dramatiq", module, "--processes", "1"],
+                    cwd=ROOT,
+                    env=app_env(database_url, schema),
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            )
+        return log_path
+
+    yield start
+    for worker in workers:
+        worker.send_signal(signal.SIGTERM)
+    for worker in workers:
+        try:
+            worker.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(worker.pid, signal.SIGKILL)
+            worker.wait()
+
+
+def test_onboarding_retries_the_email_and_compensates(
+    database_url: str,
+    schema: str,
+    start_app_worker: Callable[[str], Path],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    log = start_app_worker("examples.onboarding")
+    user_id = f"u-{uuid.uuid4().hex[:6]}"
+    onboarded = run(
+        [sys.executable, "-m", "examples.onboarding", user_id, f"{user_id}@example.com", "free"],
+        app_env(database_url, schema),
+    )
+    assert onboarded.returncode == 0, onboarded.stderr + log.read_text()
+    assert json.loads(onboarded.stdout) == {
+        "user_id": user_id,
+        "welcome_message_id": f"msg-{user_id}@example.com",
+        "workspace": f"personal-{user_id}",
+    }
+
+    cli = Cli(capsys, "--url", database_url, "--schema", schema)
+    steps = {s["key"]: s for s in cli.json("executions", "show", f"onboarding-{user_id}")["steps"]}
+    email = steps["step:send-welcome-email"]
+    assert (email["status"], email["attempts"]) == ("completed", 3)
+    team = steps["step:create-team-workspace"]
+    # Non-retryable: one attempt, and its error recorded for every replay.
+    assert (team["status"], team["attempts"]) == ("failed", 1)
+    assert team["error"]["type"] == "examples.onboarding.WorkspaceQuotaExceeded"
+    assert steps["step:create-personal-workspace"]["status"] == "completed"
+
+
+def test_approval_waits_for_a_decision_sent_with_the_cli(
+    database_url: str,
+    schema: str,
+    start_app_worker: Callable[[str], Path],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    log = start_app_worker("examples.approval")
+    env = app_env(database_url, schema)
+    cli = Cli(capsys, "--url", database_url, "--schema", schema)
+    report_id = f"EXP-{uuid.uuid4().hex[:6]}"
+    started = run([sys.executable, "-m", "examples.approval", report_id, "ana", "120.50"], env)
+    assert started.returncode == 0, started.stderr
+    execution_id = started.stdout.strip()
+    assert execution_id == f"approval-{report_id}"
+
+    def show() -> dict:
+        return cli.json("executions", "show", execution_id)  # type: ignore[no-any-return]
+
+    wait_until(
+        lambda: show()["waiting_for"] == "approval",
+        timeout=60,
+        message=lambda: f"the approval wait; worker log:\n{log.read_text()}",
+    )
+
+    # The command from request_approval's docstring.
+    sent = run(
+        [ZART_DRAMATIQ, "send-event", execution_id, "approval", '{"approved": true, "by": "ana"}'],
+        env,
+    )
+    assert (sent.returncode, sent.stderr) == (0, ""), sent
+    assert sent.stdout == f"sent event 'approval' to execution {execution_id!r}\n"
+
+    info = wait_until(
+        lambda: (found := show())["status"] == "completed" and found,
+        timeout=30,
+        message=lambda: f"the decision; worker log:\n{log.read_text()}",
+    )
+    assert info["result"] == {
+        "report_id": report_id,
+        "outcome": "approved",
+        "by": "ana",
+        "payment_id": f"pay-{report_id}",
+    }
+    assert [s["key"] for s in info["steps"]] == [
+        "step:notify-approver",
+        "event:approval",
+        "step:reimburse",
+    ]
+
+    # Through the application's own broker, as an app on Redis or RabbitMQ would.
+    shown = run(
+        [ZART_DRAMATIQ, "--broker", "examples.approval:broker", "executions", "show", execution_id],
+        env,
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert "status       completed" in shown.stdout
