@@ -113,7 +113,8 @@ def durable(fn: Any = None, /, *, timeout: timedelta | None = None, **actor_opti
             target.__class__ = DurableActor
             actor = typing.cast(DurableActor, target)
         else:
-            actor = dramatiq.actor(target, actor_class=DurableActor, **actor_options)
+            make_actor = dramatiq.actor(actor_class=DurableActor, **actor_options)
+            actor = typing.cast(DurableActor, make_actor(target))
         actor.durable_timeout = timeout
         middleware_for(actor.broker)
         return actor

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -232,7 +233,7 @@ def get_execution(execution_id: str, *, broker: dramatiq.Broker | None = None) -
     if row is None:
         raise UnknownExecution(f"no execution has id {execution_id!r}")
     steps = tuple(StepInfo(*step) for step in store.fetchall("get_steps", id=execution_id))
-    return ExecutionInfo(*row, steps=steps)
+    return dataclasses.replace(ExecutionInfo(*row), steps=steps)
 
 
 def list_executions(

@@ -24,7 +24,7 @@ from dramatiq import Message, MessageProxy
 from dramatiq.common import current_millis
 from dramatiq.middleware import Retries
 
-from broker_pg import Database, PostgresBroker
+from broker_pg import DEFAULT_SCHEMA, Database, PostgresBroker
 from broker_pg.listener import Listener
 from broker_pg.presence import WorkerPresence
 from broker_pg.sqlfile import Queries
@@ -106,8 +106,11 @@ class DurableMiddleware(dramatiq.Middleware):
             ):
                 db = broker.db
             else:
-                kwargs = {} if self.schema is None else {"schema": self.schema}
-                db = Database(self.url, application_name="zart_dramatiq", **kwargs)
+                db = Database(
+                    self.url,
+                    schema=self.schema or DEFAULT_SCHEMA,
+                    application_name="zart_dramatiq",
+                )
             self._store = Store(db)
             self._transport = transport_for(broker)
 

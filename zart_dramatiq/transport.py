@@ -31,12 +31,15 @@ class Transport:
         """Schedule ``message`` after ``delay_ms``, or park it when None; maybe return its id."""
         self.declare(message)
         if delay_ms is not None:
-            tx.after_commit.append(lambda: self.broker.enqueue(message, delay=delay_ms or None))
+            tx.after_commit.append(lambda: self._enqueue(message, delay_ms or None))
         return None
 
     def wake(self, tx: Transaction, wake_message: int | None, message: Message[Any]) -> None:
         self.declare(message)
-        tx.after_commit.append(lambda: self.broker.enqueue(message))
+        tx.after_commit.append(lambda: self._enqueue(message, None))
+
+    def _enqueue(self, message: Message[Any], delay_ms: int | None) -> None:
+        self.broker.enqueue(message, delay=delay_ms)
 
     def declare(self, message: Message[Any]) -> None:
         """Let a process that does not run the actor (a CLI, a web app) send to its queue."""
