@@ -99,3 +99,35 @@ def test_async_actors_are_durable_too(broker, effects: Effects) -> None:
         assert effects["double"] == 1
     finally:
         worker.stop()
+
+
+def test_group_completion_fires_once_all_executions_really_finish(broker) -> None:
+    from dramatiq import group
+    from dramatiq.middleware import GroupCallbacks
+    from dramatiq.rate_limits.backends import StubBackend
+
+    broker.add_middleware(GroupCallbacks(StubBackend()))
+    completed: list[list[str]] = []
+
+    @dramatiq.actor
+    def all_done() -> None:
+        # Fired early (on a pause), it would see executions still sleeping.
+        completed.append([e.status for e in zart.list_executions()])
+
+    @zart.durable
+    def flow(n: int) -> int:
+        zart.sleep("pause", timedelta(milliseconds=100 * n))
+        return n
+
+    worker = Worker(broker, worker_timeout=100, worker_threads=4)
+    worker.start()
+    try:
+        jobs = group([flow.message(n) for n in (1, 2, 3)])
+        jobs.add_completion_callback(all_done.message())
+        jobs.run()
+        eventually(lambda: completed, what="the group completion callback")
+        broker.join(flow.queue_name)
+        broker.join(all_done.queue_name)
+        assert completed == [["completed"] * 3]
+    finally:
+        worker.stop()
