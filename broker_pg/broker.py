@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
+import os
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -123,6 +126,7 @@ class PostgresBroker(dramatiq.Broker):
         self._failures: dict[str, BaseException] = {}
         self._lock = threading.Lock()
         self._listener: Listener | None = None
+        self._pid = os.getpid()
 
     # -- Declarations ------------------------------------------------------
 
@@ -295,6 +299,13 @@ class PostgresBroker(dramatiq.Broker):
 
     def _ensure_listening(self) -> None:
         with self._lock:
+            if self._pid != os.getpid():
+                # A forked child: the parent's listener did not come along, and the
+                # child's leases need a worker row of their own.
+                self._pid = os.getpid()
+                self._listener = None
+                self._states = {}
+                self.presence.worker_id = uuid.uuid4()
             if self._listener is None:
                 self._listener = Listener(
                     self.db,
@@ -364,7 +375,7 @@ class PostgresBroker(dramatiq.Broker):
         """Move a delivered message to dead letters, with its error."""
         error = message._exception
         if error is not None:
-            self._failures.setdefault(q_name(message.queue_name), error)
+            self._failures.setdefault(q_name(message.queue_name), _detached(error))
         description = (
             f"{type(error).__name__}: {error}"
             if error is not None
@@ -407,7 +418,28 @@ class PostgresBroker(dramatiq.Broker):
             rows = conn.execute(
                 self.queries["list_dead_letters"], {"queue_name": queue_name, "limit": limit}
             ).fetchall()
-        return [DeadLetter(*row[:7], message=_decode_or_none(row[7])) for row in rows]
+        return [
+            DeadLetter(
+                id=row[0],
+                queue_name=row[1],
+                message_id=row[2],
+                actor_name=row[3],
+                deliveries=row[4],
+                error=row[5],
+                dead_at=row[6],
+                message=_decode_or_none(row[7]),
+            )
+            for row in rows
+        ]
+
+    @property
+    def dead_letters(self) -> list[Message[Any]]:
+        """The dead-lettered messages of this broker's queues, as StubBroker offers them."""
+        return [
+            letter.message
+            for letter in self.list_dead_letters(limit=10_000)
+            if letter.message is not None and letter.queue_name in self.queues
+        ]
 
     def requeue_dead_letters(
         self, ids: list[int] | None = None, *, queue_name: str | None = None
@@ -506,3 +538,13 @@ def _decode_or_none(payload: bytes) -> Message[Any] | None:
         return Message.decode(payload)
     except Exception:
         return None
+
+
+def _detached(error: BaseException) -> BaseException:
+    """A copy of ``error`` without its traceback, so keeping it keeps no frames alive."""
+    try:
+        clone = copy.copy(error)
+    except Exception:
+        clone = type(error)(str(error)) if isinstance(error, Exception) else Exception(str(error))
+    clone.__traceback__ = clone.__cause__ = clone.__context__ = None
+    return clone

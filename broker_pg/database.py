@@ -6,8 +6,9 @@ import os
 import re
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from psycopg import conninfo
@@ -96,7 +97,7 @@ def connect(url: str, *, application_name: str = "zart-dramatiq") -> psycopg.Con
         raise unreachable(url, e) from e
 
 
-def _connection_kwargs(application_name: str) -> dict[str, object]:
+def _connection_kwargs(application_name: str) -> dict[str, Any]:
     return {
         "autocommit": True,
         "application_name": application_name,
@@ -175,10 +176,8 @@ class Database:
             raise
 
     def _check_pool(self) -> None:
-        try:
+        with suppress(Exception):
             self.pool.check()
-        except Exception:
-            pass
 
     def listen_connection(self) -> psycopg.Connection:
         """Open a dedicated connection outside the pool (for LISTEN)."""

@@ -15,6 +15,7 @@ import psycopg
 from psycopg import sql
 
 from .database import Database
+from .errors import DatabaseUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +42,7 @@ class Listener:
         self.tick_interval = tick_interval
         self.connected = threading.Event()
         self._stopping = threading.Event()
+        self._outage = False
         self._thread = threading.Thread(target=self._run, name="broker_pg-listener", daemon=True)
 
     def start(self) -> None:
@@ -64,9 +66,15 @@ class Listener:
                     conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)))
                     self.on_connect(conn)
                     self.connected.set()
+                    if self._outage:
+                        logger.info("Listener reconnected.")
+                        self._outage = False
                     self._serve(conn)
-            except (psycopg.Error, OSError) as e:
-                logger.warning("Listener connection lost (%s); reconnecting.", e)
+            except (psycopg.Error, OSError, DatabaseUnavailable) as e:
+                # Once per outage, not every attempt.
+                log = logger.debug if self._outage else logger.warning
+                log("Listener connection lost (%s); reconnecting.", e)
+                self._outage = True
                 self._stopping.wait(RECONNECT_DELAY)
             except Exception:
                 logger.exception("Listener failed; restarting it.")

@@ -25,6 +25,7 @@ from dramatiq.common import current_millis
 from dramatiq.middleware import Retries
 
 from broker_pg import DEFAULT_SCHEMA, Database, PostgresBroker
+from broker_pg.database import channel_name
 from broker_pg.listener import Listener
 from broker_pg.presence import WorkerPresence
 from broker_pg.sqlfile import Queries
@@ -137,7 +138,7 @@ class DurableMiddleware(dramatiq.Middleware):
         with self._lock:
             if self._presence is None:
                 db = self.store.db
-                channel = f"{db.schema}.messages"
+                channel = channel_name(db.schema, "messages")
                 self._presence = WorkerPresence(
                     Queries("broker_pg", "queries.sql", db.schema),
                     channel,

@@ -11,6 +11,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from broker_pg import Database
+from broker_pg.database import channel_name
 from broker_pg.sqlfile import Queries
 
 
@@ -27,7 +28,7 @@ class Store:
         self.db = db
         self.queries = Queries("zart_dramatiq", "queries.sql", db.schema)
         #: NOTIFY channel carrying the ids of executions that just ended.
-        self.channel = f"{db.schema}.executions"
+        self.channel = channel_name(db.schema, "executions")
 
     def fetchone(self, query: str, **params: Any) -> tuple[Any, ...] | None:
         with self.db.connection() as conn:

@@ -1,0 +1,1 @@
+"""Modules the ``dramatiq`` CLI imports in worker subprocesses started by the broker tests."""
