@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import logging
 import os
@@ -123,7 +122,8 @@ class PostgresBroker(dramatiq.Broker):
             dead_letter_ttl=dead_letter_ttl.total_seconds(),
         )
         self._states: dict[str, QueueState] = {}
-        self._failures: dict[str, BaseException] = {}
+        #: The first error dead-lettered per queue in this process, for join(fail_fast=True).
+        self._failures: dict[str, _Failure] = {}
         self._lock = threading.Lock()
         self._listener: Listener | None = None
         self._pid = os.getpid()
@@ -375,7 +375,7 @@ class PostgresBroker(dramatiq.Broker):
         """Move a delivered message to dead letters, with its error."""
         error = message._exception
         if error is not None:
-            self._failures.setdefault(q_name(message.queue_name), _detached(error))
+            self._failures.setdefault(q_name(message.queue_name), _Failure.of(error))
         description = (
             f"{type(error).__name__}: {error}"
             if error is not None
@@ -488,14 +488,14 @@ class PostgresBroker(dramatiq.Broker):
         deadline = None if timeout is None else time.monotonic() + timeout / 1000
         while True:
             if fail_fast and queue_name in self._failures:
-                raise self._failures[queue_name]
+                raise self._failures[queue_name].rebuild()
             with self.db.connection() as conn:
                 pending = _one(
                     conn.execute(self.queries["count_pending"], {"queue_name": queue_name})
                 )
             if pending == 0:
                 if fail_fast and queue_name in self._failures:
-                    raise self._failures[queue_name]
+                    raise self._failures[queue_name].rebuild()
                 return
             if deadline is not None and time.monotonic() >= deadline:
                 raise QueueJoinTimeout(queue_name)
@@ -540,11 +540,20 @@ def _decode_or_none(payload: bytes) -> Message[Any] | None:
         return None
 
 
-def _detached(error: BaseException) -> BaseException:
-    """A copy of ``error`` without its traceback, so keeping it keeps no frames alive."""
-    try:
-        clone = copy.copy(error)
-    except Exception:
-        clone = type(error)(str(error)) if isinstance(error, Exception) else Exception(str(error))
-    clone.__traceback__ = clone.__cause__ = clone.__context__ = None
-    return clone
+@dataclass(frozen=True)
+class _Failure:
+    """An error's type and arguments: keeping them keeps neither the error nor its frames."""
+
+    type: type[BaseException]
+    args: tuple[Any, ...]
+    text: str
+
+    @classmethod
+    def of(cls, error: BaseException) -> _Failure:
+        return cls(type(error), error.args, str(error))
+
+    def rebuild(self) -> BaseException:
+        try:
+            return self.type(*self.args)
+        except Exception:
+            return Exception(f"{self.type.__name__}: {self.text}")
