@@ -349,12 +349,10 @@ class PostgresBroker(dramatiq.Broker):
         }
         with self.db.connection() as conn:
             rows = conn.execute(self.queries["ack_and_claim"], params).fetchall()
-            if len(rows) >= limit:
-                return rows, None
-            due_in = conn.execute(
-                self.queries["seconds_until_next_due"], {"queue_name": queue_name}
-            ).fetchone()
-        return rows, (max(due_in[0], 0.0) if due_in and due_in[0] is not None else None)
+        if rows and rows[-1][0] is None:
+            due_in = rows.pop()[5]
+            return rows, None if due_in is None else max(due_in, 0.0)
+        return rows, None
 
     def ack_within(self, connection: psycopg.Connection, message: MessageProxy) -> None:
         """Ack ``message`` inside the caller's transaction on ``connection``.

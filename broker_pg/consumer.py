@@ -121,7 +121,7 @@ class PostgresConsumer(Consumer):
             raise
         self.state.claimed(len(rows))
         # Claimed rows come back unordered; hand them out in claim order.
-        for row_id, delivery, _priority, _eta, payload in sorted(
+        for row_id, delivery, _priority, _eta, payload, _ in sorted(
             rows, key=lambda r: (r[2], r[3], r[0])
         ):
             try:

@@ -25,6 +25,8 @@ SELECT pg_notify(%(channel)s, queue_name) FROM (SELECT DISTINCT queue_name FROM 
 -- name: ack_and_claim
 -- Settles the acks buffered since the last call, then leases up to %(limit)s due
 -- messages. A lease is (id, deliveries, lease_owner): a stale ack matches nothing.
+-- When fewer than %(limit)s were due, a last row (id NULL) tells how many seconds
+-- until the queue's next delayed message is due, so the consumer sleeps until then.
 WITH acked AS (
     DELETE FROM {schema}.messages AS m
      USING unnest(%(ack_ids)s::bigint[], %(ack_deliveries)s::int[]) AS a (id, deliveries)
@@ -35,18 +37,20 @@ WITH acked AS (
      ORDER BY priority, eta, id
      LIMIT %(limit)s
        FOR UPDATE SKIP LOCKED
+), claimed AS (
+    UPDATE {schema}.messages AS m
+       SET state = 'claimed', lease_owner = %(worker_id)s, deliveries = m.deliveries + 1,
+           claimed_at = now()
+      FROM due
+     WHERE m.id = due.id
+    RETURNING m.id, m.deliveries, m.priority, m.eta, m.payload
 )
-UPDATE {schema}.messages AS m
-   SET state = 'claimed', lease_owner = %(worker_id)s, deliveries = m.deliveries + 1,
-       claimed_at = now()
-  FROM due
- WHERE m.id = due.id
-RETURNING m.id, m.deliveries, m.priority, m.eta, m.payload
-
--- name: seconds_until_next_due
-SELECT extract(epoch FROM min(eta) - now())::float8
+SELECT id, deliveries, priority, eta, payload, NULL::float8 FROM claimed
+UNION ALL
+SELECT NULL, NULL, NULL, NULL, NULL, extract(epoch FROM min(eta) - now())::float8
   FROM {schema}.messages
  WHERE queue_name = %(queue_name)s AND state = 'queued' AND eta > now()
+   AND (SELECT count(*) FROM claimed) < %(limit)s
 
 -- name: ack
 DELETE FROM {schema}.messages
