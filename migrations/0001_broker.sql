@@ -25,9 +25,8 @@ CREATE TABLE messages (
 CREATE INDEX messages_ready ON messages (queue_name, priority, eta, id) WHERE state = 'queued';
 -- Lease recovery scans only claimed rows.
 CREATE INDEX messages_claimed ON messages (lease_owner) WHERE state = 'claimed';
--- join()/flush() and wake-ups by message id.
-CREATE INDEX messages_queue ON messages (queue_name);
-CREATE INDEX messages_message_id ON messages (message_id);
+-- No other index: a claim rewrites the row, so each index costs every message an
+-- extra entry. join() and flush() are rare and may scan.
 
 -- Messages that failed for good (nack) or kept killing their workers.
 CREATE TABLE dead_letters (
