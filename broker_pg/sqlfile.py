@@ -22,10 +22,11 @@ class Queries:
         text = resources.files(package).joinpath(filename).read_text(encoding="utf-8")
         parts = _BLOCK.split(text)
         identifier = sql.Identifier(schema)
+        # Rendered once: psycopg would otherwise render a Composed query on every call.
         self._queries = {
-            name: sql.SQL(body.strip()).format(schema=identifier)
+            name: sql.SQL(body.strip()).format(schema=identifier).as_bytes(None)
             for name, body in zip(parts[1::2], parts[2::2], strict=True)
         }
 
-    def __getitem__(self, name: str) -> sql.Composed:
-        return self._queries[name]  # type: ignore[return-value]
+    def __getitem__(self, name: str) -> bytes:
+        return self._queries[name]

@@ -12,7 +12,7 @@ import dramatiq
 from dramatiq import Actor
 
 from .middleware import DurableMiddleware, current_delivery, middleware_for
-from .serialization import dump, load
+from .serialization import dump, load, type_hints
 
 
 class DurableActor(Actor):  # type: ignore[type-arg]
@@ -81,10 +81,7 @@ class DurableActor(Actor):  # type: ignore[type-arg]
         return self._hints().get("return", Any)
 
     def _hints(self) -> dict[str, Any]:
-        try:
-            return typing.get_type_hints(self.original_fn)
-        except Exception:
-            return {}
+        return type_hints(self.original_fn)
 
 
 @overload

@@ -37,29 +37,43 @@ RETURNING e.deadline IS NOT NULL AND e.deadline <= now() AS expired,
 SELECT status, wake_seq, run_owner IS NOT NULL, result
   FROM {schema}.executions WHERE id = %(id)s
 
--- name: record_step
--- Writes a step's outcome if this worker still runs the execution, and tells
--- the body whether to go on (it may have been cancelled or timed out meanwhile).
-WITH owner AS (
-    SELECT e.status, e.deadline IS NOT NULL AND e.deadline <= now() AS expired
-      FROM {schema}.executions AS e
-     WHERE e.id = %(id)s AND e.run_owner = %(worker_id)s
+-- name: record_steps
+-- Writes step outcomes (one per execution) if each writer still runs its
+-- execution, and tells each body whether to go on: it may have been cancelled
+-- or timed out meanwhile. Rows come back in input order.
+WITH batch AS (
+    SELECT *
+      FROM unnest(%(ids)s::text[], %(worker_ids)s::uuid[], %(keys)s::text[], %(kinds)s::text[],
+                  %(names)s::text[], %(fns)s::text[], %(statuses)s::text[], %(results)s::jsonb[],
+                  %(errors)s::jsonb[], %(attempts)s::int[], %(durations_ms)s::float8[],
+                  %(wake_ins_s)s::float8[])
+           WITH ORDINALITY
+           AS b (id, worker_id, key, kind, name, fn, status, result, error, attempts,
+                 duration_ms, wake_in_s, n)
+), owner AS (
+    SELECT b.n, e.status, e.deadline IS NOT NULL AND e.deadline <= now() AS expired
+      FROM batch AS b
+      JOIN {schema}.executions AS e ON e.id = b.id AND e.run_owner = b.worker_id
 ), saved AS (
     INSERT INTO {schema}.steps
            (execution_id, step_key, kind, name, fn, status, result, error, attempts,
             started_at, finished_at, wake_at)
-    SELECT %(id)s, %(key)s, %(kind)s, %(name)s, %(fn)s, %(status)s, %(result)s, %(error)s,
-           %(attempts)s, now() - %(duration_ms)s * interval '1 millisecond',
-           CASE WHEN %(status)s IN ('completed', 'failed', 'timed_out') THEN now() END,
-           now() + %(wake_in_s)s * interval '1 second'
-      FROM owner
+    SELECT b.id, b.key, b.kind, b.name, b.fn, b.status, b.result, b.error, b.attempts,
+           now() - b.duration_ms * interval '1 millisecond',
+           CASE WHEN b.status IN ('completed', 'failed', 'timed_out') THEN now() END,
+           now() + b.wake_in_s * interval '1 second'
+      FROM batch AS b JOIN owner USING (n)
     ON CONFLICT (execution_id, step_key) DO UPDATE
        SET status = excluded.status, result = excluded.result, error = excluded.error,
            attempts = excluded.attempts, finished_at = excluded.finished_at,
            wake_at = coalesce(excluded.wake_at, {schema}.steps.wake_at)
-    RETURNING wake_at
+    RETURNING execution_id, step_key, wake_at
 )
-SELECT owner.status, owner.expired, (SELECT wake_at FROM saved) FROM owner
+SELECT owner.status, owner.expired, saved.wake_at
+  FROM batch AS b
+  LEFT JOIN owner USING (n)
+  LEFT JOIN saved ON saved.execution_id = b.id AND saved.step_key = b.key
+ ORDER BY b.n
 
 -- name: begin_wait
 -- First encounter of a sleep or event wait fixes its due time; later runs

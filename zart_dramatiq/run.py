@@ -20,7 +20,7 @@ from dramatiq import MessageProxy
 from dramatiq.middleware import SkipMessage
 
 from .errors import NotInExecution
-from .store import Store, Transaction
+from .store import StepRecord, Store, Transaction
 from .transport import Transport
 
 if TYPE_CHECKING:
@@ -99,9 +99,8 @@ class Run:
 
         Returns the recorded wake-up time when ``wake_in_s`` was given.
         """
-        duration_ms = 0 if started is None else (time.monotonic() - started) * 1000
-        params = dict(
-            id=self.execution_id,
+        record = StepRecord(
+            execution_id=self.execution_id,
             worker_id=self.worker_id,
             key=key,
             kind=kind,
@@ -111,18 +110,13 @@ class Run:
             result=result,
             error=error,
             attempts=attempts,
-            duration_ms=duration_ms,
+            duration_ms=0 if started is None else (time.monotonic() - started) * 1000,
             wake_in_s=wake_in_s,
         )
-        row = (
-            self.store.run(tx, "record_step", **params)
-            if tx is not None
-            else self.store.fetchone("record_step", **params)
-        )
+        execution_status, expired, wake_at = self.store.record_step(record, tx)
         self.journal[key] = {"status": status, "result": result, "error": error, "fn": fn}
-        if row is None:
+        if execution_status is None:
             raise Stopped(f"execution {self.execution_id!r} was taken over by another worker")
-        execution_status, expired, wake_at = row
         if execution_status == "cancelled":
             raise Stopped(f"execution {self.execution_id!r} was cancelled")
         if expired:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import inspect
 import json
+import typing
+from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
 
@@ -25,14 +28,21 @@ def adapter(annotation: Any) -> TypeAdapter[Any]:
         return TypeAdapter(annotation)
 
 
+@lru_cache(maxsize=1024)
+def type_hints(fn: Callable[..., Any]) -> dict[str, Any]:
+    """The resolved annotations of ``fn`` (unwrapped), or none if they cannot be resolved."""
+    try:
+        return typing.get_type_hints(inspect.unwrap(fn))
+    except Exception:
+        return {}
+
+
 def dump(value: Any, annotation: Any, *, what: str) -> Any:
     """Return ``value`` as JSON-compatible data; ``what`` names it in errors."""
     try:
-        data = adapter(annotation if annotation is not Any else type(value)).dump_python(
+        return adapter(annotation if annotation is not Any else type(value)).dump_python(
             value, mode="json"
         )
-        json.dumps(data)
-        return data
     except Exception as e:
         raise SerializationError(
             f"{what} returned a value of type {type(value).__name__} that cannot be "

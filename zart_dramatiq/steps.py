@@ -12,7 +12,7 @@ from typing import Any, TypeVar, overload
 from .errors import NonDeterminismError
 from .retry_policy import NO_RETRY, Retry
 from .run import Run, current_run
-from .serialization import dump, error_from_json, error_to_json, load
+from .serialization import dump, error_from_json, error_to_json, load, type_hints
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -155,8 +155,4 @@ def _qualified_name(fn: Callable[..., Any]) -> str:
 
 
 def _return_annotation(fn: Callable[..., Any]) -> Any:
-    try:
-        hints = typing.get_type_hints(inspect.unwrap(fn))
-    except Exception:
-        return Any
-    return hints.get("return", Any)
+    return type_hints(fn).get("return", Any)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
+from uuid import UUID
 
 import psycopg
 from psycopg.types.json import Jsonb
@@ -13,6 +15,31 @@ from psycopg.types.json import Jsonb
 from broker_pg import Database
 from broker_pg.database import channel_name
 from broker_pg.sqlfile import Queries
+
+from .group_commit import GroupCommit
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """One step outcome to checkpoint."""
+
+    execution_id: str
+    worker_id: UUID
+    key: str
+    kind: str
+    name: str
+    fn: str | None
+    status: str
+    result: Any
+    error: dict[str, Any] | None
+    attempts: int
+    duration_ms: float
+    wake_in_s: float | None
+
+
+#: What a checkpoint tells its body: the execution's status (None if another
+#: worker took it over), whether it passed its deadline, and the step's wake-up time.
+StepOutcome = tuple[str | None, bool | None, datetime | None]
 
 
 @dataclass
@@ -29,6 +56,7 @@ class Store:
         self.queries = Queries("zart_dramatiq", "queries.sql", db.schema)
         #: NOTIFY channel carrying the ids of executions that just ended.
         self.channel = channel_name(db.schema, "executions")
+        self._checkpoints = GroupCommit(self._write_steps)
 
     def fetchone(self, query: str, **params: Any) -> tuple[Any, ...] | None:
         with self.db.connection() as conn:
@@ -47,6 +75,16 @@ class Store:
         for action in tx.after_commit:
             action()
 
+    def record_step(self, record: StepRecord, tx: Transaction | None = None) -> StepOutcome:
+        """Checkpoint ``record``: inside ``tx``, or committed with concurrent checkpoints."""
+        if tx is not None:
+            return _record_steps(tx.conn, self.queries["record_steps"], [record])[0]
+        return self._checkpoints.submit(record)
+
+    def _write_steps(self, records: Sequence[StepRecord]) -> list[StepOutcome]:
+        with self.db.connection() as conn:
+            return _record_steps(conn, self.queries["record_steps"], records)
+
     def run(self, tx: Transaction, query: str, **params: Any) -> tuple[Any, ...] | None:
         """Execute ``query`` inside ``tx``; return its first row."""
         return _first(tx.conn.execute(self.queries[query], _adapt(params)))
@@ -62,3 +100,29 @@ def _adapt(params: dict[str, Any]) -> dict[str, Any]:
 
 def _first(cursor: psycopg.Cursor[Any]) -> tuple[Any, ...] | None:
     return cursor.fetchone() if cursor.description is not None else None
+
+
+def _record_steps(
+    conn: psycopg.Connection, query: bytes, records: Sequence[StepRecord]
+) -> list[StepOutcome]:
+    def column(name: str) -> list[Any]:
+        return [getattr(record, name) for record in records]
+
+    def documents(name: str) -> list[Jsonb | None]:
+        return [None if value is None else Jsonb(value) for value in column(name)]
+
+    params = {
+        "ids": column("execution_id"),
+        "worker_ids": column("worker_id"),
+        "keys": column("key"),
+        "kinds": column("kind"),
+        "names": column("name"),
+        "fns": column("fn"),
+        "statuses": column("status"),
+        "results": documents("result"),
+        "errors": documents("error"),
+        "attempts": column("attempts"),
+        "durations_ms": column("duration_ms"),
+        "wake_ins_s": column("wake_in_s"),
+    }
+    return [(row[0], row[1], row[2]) for row in conn.execute(query, params).fetchall()]

@@ -11,8 +11,8 @@ import pytest
 from pydantic import BaseModel
 
 import zart_dramatiq as zart
-from tests.durable.support import Effects, eventually
-from zart_dramatiq.store import Store
+from tests.support import Effects, wait_until
+from zart_dramatiq.store import StepRecord, Store
 
 
 class Money(BaseModel):
@@ -101,7 +101,7 @@ def test_a_step_that_resolves_to_another_function_on_replay_fails_naming_it(brok
         return value
 
     handle = zart.start(flow)
-    eventually(lambda: handle.status() == "sleeping", what="the first run to pause")
+    wait_until(lambda: handle.status() == "sleeping", timeout=15, message="the first run to pause")
     switch["fn"] = second_function
     with pytest.raises(zart.ExecutionFailed) as failure:
         handle.result(timeout=15)
@@ -115,14 +115,22 @@ def test_a_step_that_resolves_to_another_function_on_replay_fails_naming_it(brok
 def test_a_resumed_body_loads_its_journal_in_one_query(broker, worker, monkeypatch) -> None:
     statements: list[str] = []
     resumed = threading.Event()
-    original = Store.fetchone
+    fetchone, record_step = Store.fetchone, Store.record_step
 
-    def counting(self: Store, query: str, **params: object) -> object:
+    def counted(name: str) -> None:
         if resumed.is_set() and threading.current_thread() is not threading.main_thread():
-            statements.append(query)
-        return original(self, query, **params)
+            statements.append(name)
 
-    monkeypatch.setattr(Store, "fetchone", counting)
+    def counting_fetchone(self: Store, query: str, **params: object) -> object:
+        counted(query)
+        return fetchone(self, query, **params)
+
+    def counting_record_step(self: Store, record: StepRecord, tx: object = None) -> object:
+        counted("record_step")
+        return record_step(self, record, tx)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Store, "fetchone", counting_fetchone)
+    monkeypatch.setattr(Store, "record_step", counting_record_step)
 
     @zart.durable
     def flow() -> int:
@@ -131,7 +139,7 @@ def test_a_resumed_body_loads_its_journal_in_one_query(broker, worker, monkeypat
         return total
 
     handle = zart.start(flow)
-    eventually(lambda: handle.status() == "sleeping", what="the pause")
+    wait_until(lambda: handle.status() == "sleeping", timeout=15, message="the pause")
     resumed.set()
     assert handle.result(timeout=15) == 45
     # acquire (journal included), the sleep's completion, the finish: ten steps cost nothing.
@@ -158,7 +166,7 @@ def test_plain_send_starts_an_execution_keyed_by_message_id(broker, worker, effe
             return None
         return info if info.status == "completed" else None
 
-    info = eventually(completed, what="the execution started by send()")
+    info = wait_until(completed, timeout=15, message="the execution started by send()")
     assert info.result == 42
     assert effects["double"] == 1
 
