@@ -2,118 +2,37 @@
 
 from __future__ import annotations
 
-import json
 import threading
-import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from datetime import timedelta
-from typing import Any
 
 import dramatiq
-import psycopg
 import pytest
 from dramatiq import Worker
-from psycopg import sql
 
 import zart_dramatiq as zart
 from broker_pg import PostgresBroker
+from tests.support import Cli, wait_until
 from zart_dramatiq.cli import main
 
 
-def wait_until(
-    condition: Callable[[], Any],
-    *,
-    timeout: float = 20.0,
-    message: str | Callable[[], str] = "the condition",
-) -> Any:
-    """Poll ``condition`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not (value := condition()):
-        if time.monotonic() >= deadline:
-            what = message() if callable(message) else message
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
-    return value
-
-
-@dataclass(frozen=True)
-class Outcome:
-    code: int
-    out: str
-    err: str
-
-
-class Cli:
-    """Runs ``main`` with the global ``options`` and captures what it prints."""
-
-    def __init__(self, capsys: pytest.CaptureFixture[str], *options: str) -> None:
-        self.capsys = capsys
-        self.options = options
-
-    def __call__(self, *argv: str) -> Outcome:
-        self.capsys.readouterr()
-        code = main([*self.options, *argv])
-        out, err = self.capsys.readouterr()
-        return Outcome(code, out, err)
-
-    def ok(self, *argv: str) -> str:
-        result = self(*argv)
-        assert (result.code, result.err) == (0, ""), result
-        return result.out
-
-    def json(self, *argv: str) -> Any:
-        return json.loads(self.ok(*argv, "--json"))
-
-    def fails(self, *argv: str) -> str:
-        """Run a command expected to fail; return its one-line error."""
-        result = self(*argv)
-        assert result.code == 1, result
-        assert result.out == ""
-        assert "Traceback" not in result.err
-        assert result.err.count("\n") == 1 and result.err.startswith("zart-dramatiq: error: ")
-        return result.err
-
-
-@pytest.fixture
-def cli(capsys: pytest.CaptureFixture[str], database_url: str, schema: str) -> Cli:
-    return Cli(capsys, "--url", database_url, "--schema", schema)
-
-
-@pytest.fixture
-def start_worker(broker: PostgresBroker) -> Iterator[Callable[..., Worker]]:
-    """Start in-process Dramatiq workers on the test broker; stopped before it closes."""
-    started: list[Worker] = []
-
-    def start(**options: Any) -> Worker:
-        worker = Worker(broker, worker_timeout=100, worker_threads=4, **options)
-        worker.start()
-        started.append(worker)
-        return worker
-
-    yield start
-    for worker in started:
-        worker.stop()
-
-
 def test_migrate_applies_once_then_reports_up_to_date(
-    capsys: pytest.CaptureFixture[str], database_url: str, monkeypatch: pytest.MonkeyPatch
+    capsys: pytest.CaptureFixture[str],
+    database_url: str,
+    unmigrated_schema: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    try:
-        assert main(["--url", database_url, "--schema", name, "migrate"]) == 0
-        out = capsys.readouterr().out
-        assert "applied 0001_broker" in out
-        assert "applied 0002_durable" in out
-        # The schema defaults to ZART_SCHEMA.
-        monkeypatch.setenv("ZART_SCHEMA", name)
-        assert main(["--url", database_url, "migrate"]) == 0
-        assert capsys.readouterr().out == f"schema {name!r} is up to date\n"
-    finally:
-        with psycopg.connect(database_url, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(name)))
+    name = unmigrated_schema
+    assert main(["--url", database_url, "--schema", name, "migrate"]) == 0
+    out = capsys.readouterr().out
+    assert "applied 0001_broker" in out
+    assert "applied 0002_durable" in out
+    # The schema defaults to ZART_SCHEMA.
+    monkeypatch.setenv("ZART_SCHEMA", name)
+    assert main(["--url", database_url, "migrate"]) == 0
+    assert capsys.readouterr().out == f"schema {name!r} is up to date\n"
 
 
 def test_queues_shows_due_delayed_parked_claimed_messages_and_live_workers(
@@ -137,10 +56,11 @@ def test_queues_shows_due_delayed_parked_claimed_messages_and_live_workers(
     beta.send()
     broker.enqueue_parked(beta.message())
     gamma.send()
-    start_worker(queues={"gamma"})
+    start_worker(broker, queues={"gamma"})
     try:
         report = wait_until(
             lambda: (r := cli.json("queues"))["queues"][-1]["claimed"] == 1 and r,
+            timeout=20,
             message="the gamma message to be claimed",
         )
         queues = {q.pop("queue"): q for q in report["queues"]}
@@ -189,9 +109,10 @@ def test_dead_letters_list_requeue_purge_round_trip(
     fragile.send(1)
     fragile.send(2)
     doomed.send()
-    start_worker()
+    start_worker(broker)
     letters = wait_until(
         lambda: len(found := cli.json("dead-letters", "list")) == 3 and found,
+        timeout=20,
         message="three dead letters",
     )
     fragile_letters = [d for d in letters if d["queue_name"] == "fragile"]
@@ -209,14 +130,19 @@ def test_dead_letters_list_requeue_purge_round_trip(
     healed.set()
     first = fragile_letters[0]
     assert cli.ok("dead-letters", "requeue", str(first["id"])) == "requeued 1 dead letter\n"
-    wait_until(lambda: processed == [first["message"]["args"][0]], message="the requeued message")
+    wait_until(
+        lambda: processed == [first["message"]["args"][0]],
+        timeout=20,
+        message="the requeued message",
+    )
     assert cli.ok("dead-letters", "requeue", "--queue", "fragile") == "requeued 1 dead letter\n"
-    wait_until(lambda: sorted(processed) == [1, 2], message="both fragile messages")
+    wait_until(lambda: sorted(processed) == [1, 2], timeout=20, message="both fragile messages")
 
     # The doomed message fails again once requeued and comes back as a dead letter.
     assert cli.ok("dead-letters", "requeue", "--all") == "requeued 1 dead letter\n"
     wait_until(
         lambda: calls["doomed"] == 2 and len(cli.json("dead-letters", "list")) == 1,
+        timeout=20,
         message="the doomed message to die again",
     )
     assert "refusing to purge every dead letter" in cli.fails("dead-letters", "purge")
@@ -240,10 +166,12 @@ def test_executions_list_show_send_event_and_cancel_finished(
         go = zart.wait_for_event("go", timeout=timedelta(hours=1))
         return {"doubled": doubled, "extra": go["extra"]}
 
-    start_worker()
+    start_worker(broker)
     execution_id = f"flow-{uuid.uuid4().hex[:8]}"
     zart.start(flow, 21, execution_id=execution_id)
-    wait_until(lambda: _status(cli, execution_id) == "waiting", message="the event wait")
+    wait_until(
+        lambda: _status(cli, execution_id) == "waiting", timeout=20, message="the event wait"
+    )
 
     [listed] = cli.json("executions", "list")
     assert (listed["id"], listed["status"], listed["waiting_for"]) == (
@@ -274,7 +202,7 @@ def test_executions_list_show_send_event_and_cancel_finished(
     assert "already delivered" in cli.ok(*note)
 
     assert cli.ok("send-event", execution_id, "go", '{"extra": 5}').startswith("sent event 'go'")
-    wait_until(lambda: _status(cli, execution_id) == "completed", message="completion")
+    wait_until(lambda: _status(cli, execution_id) == "completed", timeout=20, message="completion")
     result_line = next(
         line
         for line in cli.ok("executions", "show", execution_id).splitlines()
@@ -296,9 +224,11 @@ def test_cancel_a_waiting_execution_removes_its_wake_up(
     def waits() -> None:
         zart.wait_for_event("never")
 
-    start_worker()
+    start_worker(broker)
     execution_id = zart.start(waits).execution_id
-    wait_until(lambda: _status(cli, execution_id) == "waiting", message="the event wait")
+    wait_until(
+        lambda: _status(cli, execution_id) == "waiting", timeout=20, message="the event wait"
+    )
     assert cli.json("queues")["queues"][0]["parked"] == 1
 
     assert cli.ok("cancel", execution_id) == f"cancelled execution {execution_id!r} (was waiting)\n"
@@ -323,16 +253,18 @@ def test_retry_restarts_a_failed_execution(
     def pay() -> str:
         return zart.step("charge", charge)
 
-    start_worker()
+    start_worker(broker)
     execution_id = zart.start(pay).execution_id
-    wait_until(lambda: _status(cli, execution_id) == "failed", message="the failure")
+    wait_until(lambda: _status(cli, execution_id) == "failed", timeout=20, message="the failure")
     assert "ConnectionError: the payment provider is down" in cli.ok(
         "executions", "show", execution_id
     )
 
     healed.set()
     assert cli.ok("executions", "retry", execution_id).startswith("restarted execution")
-    wait_until(lambda: _status(cli, execution_id) == "completed", message="the retried run")
+    wait_until(
+        lambda: _status(cli, execution_id) == "completed", timeout=20, message="the retried run"
+    )
     assert cli.json("executions", "show", execution_id)["result"] == "charged"
 
 

@@ -4,22 +4,17 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import psycopg
-import pytest
-from psycopg import sql
+from tests.support import ROOT, Cli, Processes, wait_until
 
-from .test_cli import Cli, wait_until
-
-ROOT = Path(__file__).resolve().parent.parent
 #: The console script installed with the package, next to this interpreter.
 ZART_DRAMATIQ = str(Path(sys.executable).with_name("zart-dramatiq"))
+#: Worker threads of the example workers: dramatiq's default, as a user would run them.
+DRAMATIQ_THREADS = 8
 
 
 def app_env(database_url: str, schema: str) -> dict[str, str]:
@@ -30,15 +25,6 @@ def run(
     argv: list[str], env: dict[str, str], timeout: float = 60
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-
-
-@pytest.fixture
-def unmigrated_schema(database_url: str) -> Iterator[str]:
-    """A schema name nobody has created yet; dropped at the end."""
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    yield name
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(name)))
 
 
 def test_readme_demo_runs(database_url: str, unmigrated_schema: str) -> None:
@@ -61,62 +47,22 @@ def test_readme_demo_runs(database_url: str, unmigrated_schema: str) -> None:
     assert "Stopped the worker" in demo.stdout
 
 
-@pytest.fixture
-def start_app_worker(
-    database_url: str, schema: str, tmp_path: Path
-) -> Iterator[Callable[[str], Path]]:
-    """Run ``dramatiq <module>`` in a subprocess on the test schema; return the path of its log.
-
-    Workers are stopped with SIGTERM at the end, and killed if they linger.
-    """
-    workers: list[subprocess.Popen[bytes]] = []
-
-    def start(module: str) -> Path:
-        log_path = tmp_path / f"{module}.log"
-        with log_path.open("wb") as log:
-            workers.append(
-                subprocess.Popen(
-                    [sys.executable, "-m", "dramatiq", module, "--processes", "1"],
-                    cwd=ROOT,
-                    env=app_env(database_url, schema),
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
-            )
-        return log_path
-
-    yield start
-    for worker in workers:
-        worker.send_signal(signal.SIGTERM)
-    for worker in workers:
-        try:
-            worker.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(worker.pid, signal.SIGKILL)
-            worker.wait()
-
-
 def test_onboarding_retries_the_email_and_compensates(
-    database_url: str,
-    schema: str,
-    start_app_worker: Callable[[str], Path],
-    capsys: pytest.CaptureFixture[str],
+    database_url: str, schema: str, processes: Processes, cli: Cli
 ) -> None:
-    log = start_app_worker("examples.onboarding")
+    processes.dramatiq_worker("examples.onboarding", threads=DRAMATIQ_THREADS)
     user_id = f"u-{uuid.uuid4().hex[:6]}"
     onboarded = run(
         [sys.executable, "-m", "examples.onboarding", user_id, f"{user_id}@example.com", "free"],
         app_env(database_url, schema),
     )
-    assert onboarded.returncode == 0, onboarded.stderr + log.read_text()
+    assert onboarded.returncode == 0, onboarded.stderr + processes.output()
     assert json.loads(onboarded.stdout) == {
         "user_id": user_id,
         "welcome_message_id": f"msg-{user_id}@example.com",
         "workspace": f"personal-{user_id}",
     }
 
-    cli = Cli(capsys, "--url", database_url, "--schema", schema)
     steps = {s["key"]: s for s in cli.json("executions", "show", f"onboarding-{user_id}")["steps"]}
     email = steps["step:send-welcome-email"]
     assert (email["status"], email["attempts"]) == ("completed", 3)
@@ -128,14 +74,10 @@ def test_onboarding_retries_the_email_and_compensates(
 
 
 def test_approval_waits_for_a_decision_sent_with_the_cli(
-    database_url: str,
-    schema: str,
-    start_app_worker: Callable[[str], Path],
-    capsys: pytest.CaptureFixture[str],
+    database_url: str, schema: str, processes: Processes, cli: Cli
 ) -> None:
-    log = start_app_worker("examples.approval")
+    processes.dramatiq_worker("examples.approval", threads=DRAMATIQ_THREADS)
     env = app_env(database_url, schema)
-    cli = Cli(capsys, "--url", database_url, "--schema", schema)
     report_id = f"EXP-{uuid.uuid4().hex[:6]}"
     started = run([sys.executable, "-m", "examples.approval", report_id, "ana", "120.50"], env)
     assert started.returncode == 0, started.stderr
@@ -148,7 +90,7 @@ def test_approval_waits_for_a_decision_sent_with_the_cli(
     wait_until(
         lambda: show()["waiting_for"] == "approval",
         timeout=60,
-        message=lambda: f"the approval wait; worker log:\n{log.read_text()}",
+        message=lambda: f"the approval wait; worker log:\n{processes.output()}",
     )
 
     # The command from request_approval's docstring.
@@ -162,7 +104,7 @@ def test_approval_waits_for_a_decision_sent_with_the_cli(
     info = wait_until(
         lambda: (found := show())["status"] == "completed" and found,
         timeout=30,
-        message=lambda: f"the decision; worker log:\n{log.read_text()}",
+        message=lambda: f"the decision; worker log:\n{processes.output()}",
     )
     assert info["result"] == {
         "report_id": report_id,

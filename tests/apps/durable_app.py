@@ -63,7 +63,8 @@ def declare(broker: dramatiq.Broker) -> dict[str, zart.DurableActor]:
     @zart.durable(broker=broker, actor_name="sleeper")
     def sleeper(execution_id: str) -> str:
         zart.step("before", effect, execution_id, "before")
-        zart.sleep("nap", timedelta(seconds=1))
+        # Long enough that the test surely kills the worker while it sleeps.
+        zart.sleep("nap", timedelta(seconds=3))
         return zart.step("after", effect, execution_id, "after")
 
     @zart.durable(broker=broker, actor_name="waiter")

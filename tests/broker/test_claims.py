@@ -13,8 +13,7 @@ import dramatiq
 import psycopg
 
 from broker_pg import PostgresBroker, PostgresMessageProxy
-
-from .conftest import scalar, wait_until
+from tests.support import scalar, wait_until
 
 QUEUE = "claims"
 
@@ -25,6 +24,30 @@ def declare(broker: PostgresBroker) -> dramatiq.Actor:
         pass
 
     return claimed_job
+
+
+def send_to_idle_consumer(consumer: Any, job: dramatiq.Actor, n: int) -> PostgresMessageProxy:
+    """Send ``job(n)`` once ``consumer`` sits in ``next()`` with its queue found empty.
+
+    The message must reach it within a second; return it.
+    """
+    got: list[tuple[float, PostgresMessageProxy | None]] = []
+
+    def receive() -> None:
+        message = next(consumer)
+        got.append((time.monotonic(), message))
+
+    thread = threading.Thread(target=receive)
+    thread.start()
+    wait_until(lambda: len(consumer.state._cond._waiters) > 0, message="the consumer to go idle")
+    sent_at = time.monotonic()
+    sent = job.send(n)
+    thread.join(10)
+
+    [(received_at, message)] = got
+    assert message is not None and message.message_id == sent.message_id
+    assert received_at - sent_at < 1.0
+    return message
 
 
 def test_concurrent_consumers_deliver_each_message_exactly_once(
@@ -131,24 +154,7 @@ def test_an_idle_consumer_wakes_up_when_a_message_is_sent(
     declare(consumer_broker)
     job = declare(producer_broker)
     consumer = consumer_broker.consume(QUEUE, prefetch=1, timeout=5000)
-    state = consumer.state
-    got: list[tuple[float, PostgresMessageProxy | None]] = []
-
-    def receive() -> None:
-        message = next(consumer)
-        got.append((time.monotonic(), message))
-
-    thread = threading.Thread(target=receive)
-    thread.start()
-    # Wait until it really sits in next(), with the queue found empty.
-    wait_until(lambda: len(state._cond._waiters) > 0, message="the consumer to go idle")  # type: ignore[attr-defined]
-    sent_at = time.monotonic()
-    sent = job.send(7)
-    thread.join(10)
-
-    [(received_at, message)] = got
-    assert message is not None and message.message_id == sent.message_id
-    assert received_at - sent_at < 1.0
+    message = send_to_idle_consumer(consumer, job, 7)
     consumer.ack(message)
     consumer.close()
 
@@ -255,19 +261,4 @@ def test_a_consumer_keeps_waking_up_after_its_listener_session_is_cut(
         ),
         message="the listener to reconnect",
     )
-    got: list[tuple[float, PostgresMessageProxy | None]] = []
-
-    def receive() -> None:
-        message = next(consumer)
-        got.append((time.monotonic(), message))
-
-    thread = threading.Thread(target=receive)
-    thread.start()
-    wait_until(lambda: len(consumer.state._cond._waiters) > 0, message="the consumer to go idle")  # type: ignore[attr-defined]
-    sent_at = time.monotonic()
-    sent = job.send(1)
-    thread.join(10)
-
-    [(received_at, message)] = got
-    assert message is not None and message.message_id == sent.message_id
-    assert received_at - sent_at < 1.0
+    send_to_idle_consumer(consumer, job, 1)

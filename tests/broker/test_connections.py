@@ -10,8 +10,7 @@ import psycopg
 from dramatiq import Worker
 
 from broker_pg import PostgresBroker
-
-from .conftest import own_tcp_ports
+from tests.support import own_tcp_ports
 
 
 def broker_sessions(db: psycopg.Connection) -> int:

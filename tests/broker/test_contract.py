@@ -18,8 +18,7 @@ from dramatiq.middleware import AsyncIO, TimeLimit, TimeLimitExceeded, default_m
 from dramatiq.results import ResultFailure, ResultMissing, Results
 
 from broker_pg import PostgresBackend, PostgresBroker
-
-from .conftest import scalar, wait_until
+from tests.support import scalar, wait_until
 
 WorkerFactory = Callable[..., Worker]
 

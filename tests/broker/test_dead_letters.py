@@ -11,8 +11,7 @@ import psycopg
 from dramatiq import Message, Worker
 
 from broker_pg import PostgresBroker
-
-from .conftest import scalar, wait_until
+from tests.support import scalar, wait_until
 
 
 def test_exhausted_retries_dead_letter_then_list_requeue_process_purge(

@@ -13,8 +13,7 @@ from dramatiq import Message, Worker
 
 import broker_pg
 from broker_pg import PostgresBroker
-
-from .conftest import rows, scalar
+from tests.support import rows, scalar
 
 
 class Boom(Exception):
@@ -25,13 +24,10 @@ def message_count(db: psycopg.Connection, schema: str) -> int:
     return scalar(db, schema, "SELECT count(*) FROM {s}.messages")
 
 
-def test_transactional_enqueue_commits_with_the_callers_writes(
-    broker: PostgresBroker,
-    start_worker: Callable[..., Worker],
-    database_url: str,
-    db: psycopg.Connection,
-    schema: str,
-) -> None:
+def orders_and_ship(
+    broker: PostgresBroker, db: psycopg.Connection, schema: str
+) -> tuple[dramatiq.Actor, list[int]]:
+    """Create an ``orders`` table and a ``ship`` actor; return it and the orders it shipped."""
     db.execute(f"CREATE TABLE {schema}.orders (id integer PRIMARY KEY)")
     delivered: list[int] = []
 
@@ -39,6 +35,17 @@ def test_transactional_enqueue_commits_with_the_callers_writes(
     def ship(order_id: int) -> None:
         delivered.append(order_id)
 
+    return ship, delivered
+
+
+def test_transactional_enqueue_commits_with_the_callers_writes(
+    broker: PostgresBroker,
+    start_worker: Callable[..., Worker],
+    database_url: str,
+    db: psycopg.Connection,
+    schema: str,
+) -> None:
+    ship, delivered = orders_and_ship(broker, db, schema)
     with psycopg.connect(database_url) as conn, conn.transaction():
         conn.execute(f"INSERT INTO {schema}.orders VALUES (1)")
         with broker.transaction(conn):
@@ -59,13 +66,7 @@ def test_transactional_enqueue_rolls_back_with_the_callers_writes(
     db: psycopg.Connection,
     schema: str,
 ) -> None:
-    db.execute(f"CREATE TABLE {schema}.orders (id integer PRIMARY KEY)")
-    delivered: list[int] = []
-
-    @dramatiq.actor(broker=broker)
-    def ship(order_id: int) -> None:
-        delivered.append(order_id)
-
+    ship, delivered = orders_and_ship(broker, db, schema)
     start_worker(broker)
     with pytest.raises(Boom), psycopg.connect(database_url) as conn, conn.transaction():
         conn.execute(f"INSERT INTO {schema}.orders VALUES (2)")

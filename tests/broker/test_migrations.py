@@ -5,7 +5,6 @@ from __future__ import annotations
 import multiprocessing
 import threading
 import uuid
-from collections.abc import Iterator
 
 import dramatiq
 import psycopg
@@ -16,16 +15,7 @@ from psycopg import sql
 
 from broker_pg import PostgresBackend, PostgresBroker, migrate
 from broker_pg.migrations import available_migrations
-
-from .conftest import rows, scalar
-
-
-@pytest.fixture
-def fresh_schema(database_url: str) -> Iterator[str]:
-    name = f"m_{uuid.uuid4().hex[:12]}"
-    yield name
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(name)))
+from tests.support import rows, scalar
 
 
 def expected_versions() -> list[tuple[int, str]]:
@@ -33,15 +23,15 @@ def expected_versions() -> list[tuple[int, str]]:
 
 
 def test_migrating_twice_is_a_no_op_the_second_time(
-    database_url: str, fresh_schema: str, db: psycopg.Connection
+    database_url: str, unmigrated_schema: str, db: psycopg.Connection
 ) -> None:
-    first = migrate(database_url, schema=fresh_schema)
+    first = migrate(database_url, schema=unmigrated_schema)
     assert first == [f"{v:04d}_{name}" for v, name in expected_versions()]
     tables = rows(
         db,
-        fresh_schema,
+        unmigrated_schema,
         "SELECT table_name FROM information_schema.tables WHERE table_schema = %s",
-        fresh_schema,
+        unmigrated_schema,
     )
     assert {"messages", "dead_letters", "workers", "results", "schema_migrations"} <= {
         t for (t,) in tables
@@ -50,15 +40,15 @@ def test_migrating_twice_is_a_no_op_the_second_time(
         sql.SQL(
             "INSERT INTO {}.messages (queue_name, message_id, actor_name, payload)"
             " VALUES ('q', 'kept', 'a', '\\x00')"
-        ).format(sql.Identifier(fresh_schema))
+        ).format(sql.Identifier(unmigrated_schema))
     )
 
-    assert migrate(database_url, schema=fresh_schema) == []
-    assert rows(db, fresh_schema, "SELECT version, name FROM {s}.schema_migrations") == (
+    assert migrate(database_url, schema=unmigrated_schema) == []
+    assert rows(db, unmigrated_schema, "SELECT version, name FROM {s}.schema_migrations") == (
         expected_versions()
     )
     # The second run touched nothing: existing data is still there.
-    assert scalar(db, fresh_schema, "SELECT message_id FROM {s}.messages") == "kept"
+    assert scalar(db, unmigrated_schema, "SELECT message_id FROM {s}.messages") == "kept"
 
 
 def _migrate_in_child(url: str, schema: str, start: multiprocessing.Barrier) -> list[str]:  # type: ignore[type-arg]
@@ -74,13 +64,13 @@ def _child(url: str, schema: str, start, results) -> None:  # type: ignore[no-un
 
 
 def test_concurrent_migrations_of_a_fresh_schema_all_succeed(
-    database_url: str, fresh_schema: str, db: psycopg.Connection
+    database_url: str, unmigrated_schema: str, db: psycopg.Connection
 ) -> None:
     context = multiprocessing.get_context("spawn")
     start = context.Barrier(4)
     results = context.Queue()
     children = [
-        context.Process(target=_child, args=(database_url, fresh_schema, start, results))
+        context.Process(target=_child, args=(database_url, unmigrated_schema, start, results))
         for _ in range(4)
     ]
     for child in children:
@@ -94,7 +84,7 @@ def test_concurrent_migrations_of_a_fresh_schema_all_succeed(
     applied = [name for _, names in outcomes for name in names]
     # Each migration was applied by exactly one of the runners.
     assert sorted(applied) == sorted(f"{v:04d}_{name}" for v, name in expected_versions())
-    assert rows(db, fresh_schema, "SELECT version, name FROM {s}.schema_migrations") == (
+    assert rows(db, unmigrated_schema, "SELECT version, name FROM {s}.schema_migrations") == (
         expected_versions()
     )
 

@@ -6,14 +6,12 @@ processes) killed with real signals.
 
 from __future__ import annotations
 
-import os
 import select
 import signal
 import subprocess
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import dramatiq
 import psycopg
@@ -22,79 +20,10 @@ from dramatiq import Message
 
 from broker_pg import PostgresBroker, PostgresMessageProxy
 from tests.broker.apps.actors import QUEUE, create_tables, declare_actors, gate_key
+from tests.support import Processes, rows, scalar, wait_until
 
-from .conftest import rows, scalar, wait_until
-
-ROOT = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
-
-
-class Processes:
-    """Subprocesses started by a test, each in its own process group; all killed at the end."""
-
-    def __init__(self, database_url: str, schema: str, logs: Path) -> None:
-        self.env = {
-            **os.environ,
-            "DATABASE_URL": database_url,
-            "ZART_TEST_SCHEMA": schema,
-            "PYTHONPATH": str(ROOT),
-        }
-        self.logs = logs
-        self.started: list[subprocess.Popen[bytes]] = []
-
-    def dramatiq_worker(self, *, threads: int) -> subprocess.Popen[bytes]:
-        args = [str(BIN / "dramatiq"), "tests.broker.apps.gated_worker"]
-        return self._start([*args, "--processes", "1", "--threads", str(threads)])
-
-    def claim_one(self, *, max_deliveries: int) -> subprocess.Popen[bytes]:
-        return self._start(
-            [sys.executable, "-m", "tests.broker.apps.claim_one"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            env={"ZART_TEST_MAX_DELIVERIES": str(max_deliveries)},
-        )
-
-    def _start(
-        self,
-        args: list[str],
-        *,
-        env: dict[str, str] | None = None,
-        **kwargs: object,
-    ) -> subprocess.Popen[bytes]:
-        log = open(self.logs / f"process-{len(self.started)}.log", "wb")  # noqa: SIM115
-        kwargs.setdefault("stdout", log)
-        process = subprocess.Popen(
-            args,
-            cwd=ROOT,
-            env={**self.env, **(env or {})},
-            stderr=log,
-            start_new_session=True,
-            **kwargs,  # type: ignore[call-overload]
-        )
-        log.close()
-        self.started.append(process)
-        return process
-
-    def kill(self, process: subprocess.Popen[bytes]) -> None:
-        """SIGKILL the process and every process it started: a crash, no cleanup at all."""
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(30)
-
-    def output(self) -> str:
-        return "\n".join(p.read_text(errors="replace") for p in sorted(self.logs.glob("*.log")))
-
-    def close(self) -> None:
-        for process in self.started:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(30)
-
-
-@pytest.fixture
-def processes(database_url: str, schema: str, tmp_path: Path) -> Iterator[Processes]:
-    started = Processes(database_url, schema, tmp_path)
-    yield started
-    started.close()
+#: The worker app whose actors block on the gate.
+GATED_WORKER = "tests.broker.apps.gated_worker"
 
 
 @pytest.fixture
@@ -142,6 +71,34 @@ def count(db: psycopg.Connection, schema: str, state: str) -> int:
     return scalar(db, schema, "SELECT count(*) FROM {s}.messages WHERE state = %s", state)
 
 
+def start_busy_worker(
+    processes: Processes, db: psycopg.Connection, schema: str, *, threads: int
+) -> subprocess.Popen[bytes]:
+    """Start a ``gated_worker`` process; return once ``threads`` actors run and as many wait.
+
+    Dramatiq prefetches twice as many messages as a worker has threads: the ones running
+    and as many more.
+    """
+    worker = processes.dramatiq_worker(GATED_WORKER, threads=threads)
+    wait_until(
+        lambda: len(started(db, schema)) == threads,
+        timeout=30,
+        message=lambda: f"{threads} actors in flight; worker output:\n{processes.output()}",
+    )
+    wait_until(lambda: count(db, schema, "claimed") == 2 * threads, message="the prefetch to fill")
+    return worker
+
+
+def claim_one(processes: Processes, *, max_deliveries: int) -> subprocess.Popen[bytes]:
+    """Start a ``claim_one`` process: it prints the message it holds on stdout, then hangs."""
+    return processes.start(
+        [sys.executable, "-m", "tests.broker.apps.claim_one"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env={"ZART_TEST_MAX_DELIVERIES": str(max_deliveries)},
+    )
+
+
 def test_a_sigkilled_worker_loses_no_message(
     broker: PostgresBroker,
     gated: dramatiq.Actor,
@@ -153,14 +110,8 @@ def test_a_sigkilled_worker_loses_no_message(
     total = 12
     for n in range(total):
         gated.send(n)
-    first = processes.dramatiq_worker(threads=4)
-    wait_until(
-        lambda: len(started(db, schema)) == 4,
-        timeout=30,
-        message=f"four actors in flight; worker output:\n{processes.output()}",
-    )
     # Four running, four more prefetched: eight leases held by the process about to die.
-    wait_until(lambda: count(db, schema, "claimed") == 8, message="the prefetch to fill")
+    first = start_busy_worker(processes, db, schema, threads=4)
     in_flight = set(started(db, schema))
     processes.kill(first)
 
@@ -168,7 +119,7 @@ def test_a_sigkilled_worker_loses_no_message(
     assert done(db, schema) == Counter()
 
     gate()
-    second = processes.dramatiq_worker(threads=4)
+    second = processes.dramatiq_worker(GATED_WORKER, threads=4)
     broker.join(QUEUE, timeout=30_000)
 
     assert set(done(db, schema)) == set(range(total)), processes.output()
@@ -192,13 +143,7 @@ def test_sigterm_hands_prefetched_messages_back_at_once(
     total = 10
     for n in range(total):
         gated.send(n)
-    worker = processes.dramatiq_worker(threads=2)
-    wait_until(
-        lambda: len(started(db, schema)) == 2,
-        timeout=30,
-        message=f"two actors in flight; worker output:\n{processes.output()}",
-    )
-    wait_until(lambda: count(db, schema, "claimed") == 4, message="the prefetch to fill")
+    worker = start_busy_worker(processes, db, schema, threads=2)
     running = set(started(db, schema))
     claimed = rows(
         db, schema, "SELECT id, deliveries, payload FROM {s}.messages WHERE state = 'claimed'"
@@ -251,7 +196,7 @@ def test_a_message_that_kills_every_worker_ends_in_dead_letters(
 
     message = gated.send(0)
     for delivery in range(1, max_deliveries + 1):
-        victim = processes.claim_one(max_deliveries=max_deliveries)
+        victim = claim_one(processes, max_deliveries=max_deliveries)
         row_id, got_delivery = map(int, read_line(victim, processes).split())
         assert got_delivery == delivery, processes.output()
         processes.kill(victim)

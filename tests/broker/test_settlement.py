@@ -10,8 +10,7 @@ import pytest
 from dramatiq import Message
 
 from broker_pg import DatabaseUnavailable, PostgresBroker, PostgresMessageProxy
-
-from .conftest import own_tcp_ports, wait_until
+from tests.support import own_tcp_ports, wait_until
 
 QUEUE = "settle"
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.durable.support import Effects
+from tests.support import Effects
 
 
 @pytest.fixture

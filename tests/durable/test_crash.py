@@ -2,92 +2,33 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
-import sys
 from collections import Counter
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from psycopg import sql
 
 import zart_dramatiq as zart
 from tests.apps import durable_app
-from tests.durable.support import eventually
+from tests.support import Processes, rows, wait_until
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-class Workers:
-    """``dramatiq tests.apps.durable_app`` subprocesses, each in its own process group."""
-
-    def __init__(self, database_url: str, schema: str, logs: Path) -> None:
-        self.env = {
-            **os.environ,
-            "DATABASE_URL": database_url,
-            "ZART_TEST_SCHEMA": schema,
-            "PYTHONPATH": str(ROOT),
-        }
-        self.logs = logs
-        self.running: list[subprocess.Popen[bytes]] = []
-
-    def start(self) -> subprocess.Popen[bytes]:
-        log = open(self.logs / f"worker-{len(self.running)}.log", "wb")  # noqa: SIM115
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "dramatiq",
-                "tests.apps.durable_app",
-                "--processes",
-                "1",
-                "--threads",
-                "4",
-            ],
-            cwd=ROOT,
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        self.running.append(process)
-        return process
-
-    def kill(self, process: subprocess.Popen[bytes]) -> None:
-        """SIGKILL the worker and its children: a crash, no cleanup at all."""
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(10)
-
-    def close(self) -> None:
-        for process in self.running:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
-                try:
-                    process.wait(15)
-                except subprocess.TimeoutExpired:
-                    os.killpg(process.pid, signal.SIGKILL)
+#: The worker app these tests crash and restart.
+DURABLE_APP = "tests.apps.durable_app"
 
 
 @pytest.fixture
-def workers(database_url: str, schema: str, db, tmp_path: Path) -> Iterator[Workers]:
+def actors(broker, db, schema: str) -> dict[str, zart.DurableActor]:
     durable_app.create_tables(db, schema)
-    workers = Workers(database_url, schema, tmp_path)
-    yield workers
-    workers.close()
-
-
-@pytest.fixture
-def actors(broker) -> dict[str, zart.DurableActor]:
     return durable_app.declare(broker)
 
 
+def start_app_worker(processes: Processes) -> subprocess.Popen[bytes]:
+    return processes.dramatiq_worker(DURABLE_APP, threads=4)
+
+
 def effects(db, schema: str, execution_id: str) -> Counter[str]:
-    query = sql.SQL("SELECT name FROM {}.test_effects WHERE execution_id = %s").format(
-        sql.Identifier(schema)
-    )
-    return Counter(name for (name,) in db.execute(query, (execution_id,)).fetchall())
+    query = "SELECT name FROM {s}.test_effects WHERE execution_id = %s"
+    return Counter(name for (name,) in rows(db, schema, query, execution_id))
 
 
 def open_gate(db, schema: str, name: str) -> None:
@@ -96,14 +37,14 @@ def open_gate(db, schema: str, name: str) -> None:
     )
 
 
-def test_kill_mid_execution_of_ten_steps(workers, actors, db, schema) -> None:
-    worker = workers.start()
+def test_kill_mid_execution_of_ten_steps(processes, actors, db, schema) -> None:
+    worker = start_app_worker(processes)
     handle = zart.start(actors["ten_steps"], "ten", 5, execution_id="ten")
-    eventually(lambda: effects(db, schema, "ten")["s5"] == 1, timeout=30, what="step s5 to run")
-    workers.kill(worker)
+    wait_until(lambda: effects(db, schema, "ten")["s5"] == 1, timeout=30, message="step s5 to run")
+    processes.kill(worker)
     assert handle.status() == "running"  # the dead worker still holds it, for now
 
-    workers.start()
+    start_app_worker(processes)
     open_gate(db, schema, "s5")
     assert handle.result(timeout=30) == [f"s{i}" for i in range(10)]
     counts = effects(db, schema, "ten")
@@ -114,22 +55,23 @@ def test_kill_mid_execution_of_ten_steps(workers, actors, db, schema) -> None:
     assert counts["s5"] == 2
 
 
-def test_kill_during_a_sleep(workers, actors, db, schema) -> None:
-    worker = workers.start()
+def test_kill_during_a_sleep(processes, actors, db, schema) -> None:
+    worker = start_app_worker(processes)
     handle = zart.start(actors["sleeper"], "nap", execution_id="nap")
-    eventually(lambda: handle.status() == "sleeping", timeout=30, what="the sleep")
-    workers.kill(worker)
-    workers.start()
+    wait_until(lambda: handle.status() == "sleeping", timeout=30, message="the sleep")
+    processes.kill(worker)
+    assert handle.status() == "sleeping"
+    start_app_worker(processes)
     assert handle.result(timeout=30) == "after"
     assert effects(db, schema, "nap") == Counter({"before": 1, "after": 1})
 
 
-def test_kill_during_an_event_wait(workers, actors, db, schema) -> None:
-    worker = workers.start()
+def test_kill_during_an_event_wait(processes, actors, db, schema) -> None:
+    worker = start_app_worker(processes)
     handle = zart.start(actors["waiter"], "wait", execution_id="wait")
-    eventually(lambda: handle.status() == "waiting", timeout=30, what="the event wait")
-    workers.kill(worker)
+    wait_until(lambda: handle.status() == "waiting", timeout=30, message="the event wait")
+    processes.kill(worker)
     zart.send_event("wait", "go", {"n": 1})  # delivered while no worker runs
-    workers.start()
+    start_app_worker(processes)
     assert handle.result(timeout=30) == "after-1"
     assert effects(db, schema, "wait") == Counter({"before": 1, "after-1": 1})

@@ -11,7 +11,7 @@ from dramatiq.results import Results
 
 import zart_dramatiq as zart
 from broker_pg import PostgresBackend
-from tests.durable.support import Effects, eventually
+from tests.support import Effects, wait_until
 
 
 def test_results_and_callbacks_see_only_the_real_completion(
@@ -37,7 +37,7 @@ def test_results_and_callbacks_see_only_the_real_completion(
         message = flow.send_with_options(on_success=on_done)
         # Blocks through both pauses: no early None is stored for them.
         assert message.get_result(backend=backend, block=True, timeout=15_000) == 42
-        eventually(lambda: finished == [42], what="the on_success callback")
+        wait_until(lambda: finished == [42], timeout=15, message="the on_success callback")
         broker.join(flow.queue_name)
         assert finished == [42]
         # Retries never counted the pauses (max_retries=0 would have failed it).
@@ -60,7 +60,7 @@ def test_pipelines_continue_once_with_the_final_result(broker, worker) -> None:
         return 7
 
     pipeline([flow.message(), collect.message()]).run()
-    eventually(lambda: received == [7], what="the next pipeline stage")
+    wait_until(lambda: received == [7], timeout=15, message="the next pipeline stage")
     broker.join(flow.queue_name)
     assert received == [7]
 
@@ -125,7 +125,7 @@ def test_group_completion_fires_once_all_executions_really_finish(broker) -> Non
         jobs = group([flow.message(n) for n in (1, 2, 3)])
         jobs.add_completion_callback(all_done.message())
         jobs.run()
-        eventually(lambda: completed, what="the group completion callback")
+        wait_until(lambda: completed, timeout=15, message="the group completion callback")
         broker.join(flow.queue_name)
         broker.join(all_done.queue_name)
         assert completed == [["completed"] * 3]

@@ -5,11 +5,10 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from psycopg import sql
 from pydantic import BaseModel
 
 import zart_dramatiq as zart
-from tests.durable.support import eventually
+from tests.support import rows, scalar, wait_until
 
 
 class Shipment(BaseModel):
@@ -27,7 +26,7 @@ def test_an_event_sent_before_the_wait_is_kept_and_consumed(broker, worker) -> N
         return zart.wait_for_event("go", model=Shipment).tracking_number
 
     handle = zart.start(flow)
-    eventually(lambda: handle.status() == "sleeping", what="the sleep")
+    wait_until(lambda: handle.status() == "sleeping", timeout=15, message="the sleep")
     assert zart.send_event(handle.execution_id, "go", {"tracking_number": "T-1"})
     assert handle.result(timeout=15) == "T-1"
 
@@ -38,14 +37,10 @@ def test_an_event_during_the_wait_wakes_the_execution(broker, worker, db, schema
         return zart.wait_for_event("approval", timeout=timedelta(minutes=5))
 
     handle = zart.start(flow)
-    eventually(lambda: waiting(handle), what="the event wait")
+    wait_until(lambda: waiting(handle), timeout=15, message="the event wait")
     # While it waits, its only message is due at the wait's deadline, not before.
-    rows = db.execute(
-        sql.SQL("SELECT state, eta > now() + interval '4 minutes' FROM {}.messages").format(
-            sql.Identifier(schema)
-        )
-    ).fetchall()
-    assert rows == [("queued", True)]
+    query = "SELECT state, eta > now() + interval '4 minutes' FROM {s}.messages"
+    assert rows(db, schema, query) == [("queued", True)]
     zart.send_event(handle.execution_id, "approval", {"ok": True})
     assert handle.result(timeout=15) == {"ok": True}
 
@@ -56,7 +51,7 @@ def test_waiting_twice_for_one_name_consumes_successive_events(broker, worker) -
         return [zart.wait_for_event("tick")["n"] for _ in range(3)]
 
     handle = zart.start(flow)
-    eventually(lambda: waiting(handle), what="the first wait")
+    wait_until(lambda: waiting(handle), timeout=15, message="the first wait")
     for n in (1, 2, 3):
         zart.send_event(handle.execution_id, "tick", {"n": n})
     assert handle.result(timeout=15) == [1, 2, 3]
@@ -86,12 +81,13 @@ def test_a_timeout_is_recorded_so_a_late_event_changes_nothing(broker, worker) -
         return outcome
 
     handle = zart.start(flow)
-    eventually(
+    wait_until(
         lambda: any(
             s.key == "event:reply" and s.status == "timed_out"
             for s in zart.get_execution(handle.execution_id).steps
         ),
-        what="the recorded timeout",
+        timeout=15,
+        message="the recorded timeout",
     )
     zart.send_event(handle.execution_id, "reply", {"late": True})  # kept in the inbox, unused
     zart.send_event(handle.execution_id, "continue", {})
@@ -124,12 +120,11 @@ def test_a_wait_without_timeout_parks_and_costs_nothing(broker, worker, db, sche
         return zart.wait_for_event("someday")
 
     handle = zart.start(flow)
-    eventually(lambda: waiting(handle), what="the event wait")
-    query = sql.SQL("SELECT state FROM {}.messages").format(sql.Identifier(schema))
-    assert db.execute(query).fetchall() == [("parked",)]
-    runs = sql.SQL("SELECT runs FROM {}.executions").format(sql.Identifier(schema))
-    assert db.execute(runs).fetchone()[0] == 1
+    wait_until(lambda: waiting(handle), timeout=15, message="the event wait")
+    assert rows(db, schema, "SELECT state FROM {s}.messages") == [("parked",)]
+    runs = "SELECT runs FROM {s}.executions"
+    assert scalar(db, schema, runs) == 1
     broker.join(flow.queue_name, timeout=5000)  # nothing claimable: parked rows are not waited on
-    assert db.execute(runs).fetchone()[0] == 1
+    assert scalar(db, schema, runs) == 1
     zart.send_event(handle.execution_id, "someday", {"n": 1})
     assert handle.result(timeout=15) == {"n": 1}

@@ -10,7 +10,7 @@ import pytest
 from psycopg import sql
 
 import zart_dramatiq as zart
-from tests.durable.support import Effects, eventually
+from tests.support import Effects, wait_until
 
 
 def count_rows(db, schema: str, table: str) -> int:
@@ -78,11 +78,15 @@ def test_duplicate_deliveries_never_run_the_body_concurrently(broker, worker, ef
         return zart.step("slow", slow)
 
     handle = zart.start(flow, execution_id="dup")
-    eventually(lambda: running["slow"] == 1, what="the body to start")
+    wait_until(lambda: running["slow"] == 1, timeout=15, message="the body to start")
     # A duplicate delivery of the same message while the body runs.
     message = flow.message_with_options(zart_execution_id="dup", zart_seq=0)
     broker.enqueue(message)
-    eventually(lambda: handle.status() == "running" and broker_has_deferred(broker), what="defer")
+    wait_until(
+        lambda: handle.status() == "running" and broker_has_deferred(broker),
+        timeout=15,
+        message="defer",
+    )
     release.set()
     assert handle.result(timeout=15) == 1
     assert running["slow"] == 1
@@ -126,7 +130,7 @@ def test_cancel_removes_the_pending_wake_up(broker, worker, db, schema) -> None:
         return "never"
 
     handle = zart.start(flow)
-    eventually(lambda: handle.status() == "sleeping", what="the sleep")
+    wait_until(lambda: handle.status() == "sleeping", timeout=15, message="the sleep")
     assert count_rows(db, schema, "messages") == 1
     assert zart.cancel(handle.execution_id) == "sleeping"
     assert count_rows(db, schema, "messages") == 0

@@ -17,7 +17,7 @@ from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.brokers.redis import RedisBroker
 
 import zart_dramatiq as zart
-from tests.durable.support import Effects, eventually
+from tests.support import Effects, wait_until
 
 
 def make_broker(kind: str, *, port: int | None = None) -> dramatiq.Broker:
@@ -55,7 +55,7 @@ def test_sleep_and_event_on_another_broker(other_broker, effects: Effects) -> No
     worker.start()
     try:
         handle = zart.start(flow, 1)
-        eventually(lambda: handle.status() == "waiting", what="the event wait")
+        wait_until(lambda: handle.status() == "waiting", timeout=15, message="the event wait")
         zart.send_event(handle.execution_id, "bonus", {"n": 41}, broker=other_broker)
         assert handle.result(timeout=20) == 42
         assert effects["first"] == 1
@@ -92,10 +92,10 @@ def test_a_start_whose_enqueue_was_lost_is_repaired(
     worker = Worker(reachable, worker_timeout=100, worker_threads=2)
     worker.start()
     try:
-        eventually(
+        wait_until(
             lambda: zart.get_execution("lost-start", broker=reachable).status == "completed",
             timeout=20,
-            what="the sweeper to re-send the lost start",
+            message="the sweeper to re-send the lost start",
         )
         assert effects["work"] == 1
     finally:

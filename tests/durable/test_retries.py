@@ -8,7 +8,7 @@ import pytest
 import tenacity
 
 import zart_dramatiq as zart
-from tests.durable.support import Effects, eventually
+from tests.support import Effects, wait_until
 
 
 class Flaky(Exception):
@@ -106,7 +106,9 @@ def test_long_backoff_is_a_durable_suspension(broker, worker, effects) -> None:
         return zart.step("call", failing(effects, "call", 1), retry=policy)
 
     handle = zart.start(flow)
-    eventually(lambda: handle.status() == "retrying", what="the step to wait for its retry")
+    wait_until(
+        lambda: handle.status() == "retrying", timeout=15, message="the step to wait for its retry"
+    )
     step = zart.get_execution(handle.execution_id).steps[0]
     assert (step.status, step.attempts, step.wake_at is not None) == ("retrying", 1, True)
     assert handle.result(timeout=15) == "call ok"

@@ -1,0 +1,236 @@
+"""Helpers shared by the tests: waiting on conditions, SQL on a test schema, subprocesses, the CLI.
+
+A plain module, imported by the tests and by ``tests/conftest.py`` (whose fixtures build on it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from zart_dramatiq.cli import main
+
+T = TypeVar("T")
+
+#: The project's root: the working directory of the subprocesses tests start.
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def wait_until(
+    condition: Callable[[], T],
+    *,
+    timeout: float = 10.0,
+    message: str | Callable[[], str] = "the condition",
+) -> T:
+    """Poll ``condition`` until it returns something truthy, and return that.
+
+    Fail after ``timeout`` seconds, naming ``message`` (or what it returns, when it is a
+    callable: evaluated only then, so it can show, say, a worker's log at that moment).
+    """
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        if time.monotonic() >= deadline:
+            what = message() if callable(message) else message
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.01)
+    return value
+
+
+# --- SQL on a test schema ---------------------------------------------------------------------
+
+
+def scalar(conn: psycopg.Connection, schema: str, query: str, *params: Any) -> Any:
+    """Run ``query`` with ``{s}`` bound to the test schema; return the first column of its row."""
+    row = conn.execute(sql.SQL(query).format(s=sql.Identifier(schema)), params).fetchone()
+    return None if row is None else row[0]
+
+
+def rows(conn: psycopg.Connection, schema: str, query: str, *params: Any) -> list[tuple[Any, ...]]:
+    """Run ``query`` with ``{s}`` bound to the test schema; return all its rows."""
+    return conn.execute(sql.SQL(query).format(s=sql.Identifier(schema)), params).fetchall()
+
+
+def new_schema_name() -> str:
+    """A schema name unique to the caller (nothing is created)."""
+    return f"t_{uuid.uuid4().hex[:12]}"
+
+
+def drop_schema(database_url: str, name: str) -> None:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(name)))
+
+
+def own_tcp_ports() -> list[int]:
+    """Local ports of this process's TCP sockets (Linux /proc): its sessions' client ports."""
+    inodes = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[len("socket:[") : -1])
+    ports = []
+    for table in ("/proc/self/net/tcp", "/proc/self/net/tcp6"):
+        with open(table) as lines:
+            next(lines)
+            for line in lines:
+                fields = line.split()
+                if fields[9] in inodes:
+                    ports.append(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+# --- Subprocesses -----------------------------------------------------------------------------
+
+
+class Processes:
+    """Subprocesses started by a test, each in its own process group, logging to files.
+
+    They run in the project's root with the test database and schema in their environment:
+    ``DATABASE_URL``, and the schema as ``ZART_TEST_SCHEMA`` (read by the test apps) and
+    ``ZART_SCHEMA`` (read by the examples). Those still running at the end are stopped.
+    """
+
+    def __init__(self, database_url: str, schema: str, logs: Path) -> None:
+        self.env = {
+            **os.environ,
+            "DATABASE_URL": database_url,
+            "ZART_TEST_SCHEMA": schema,
+            "ZART_SCHEMA": schema,
+            "PYTHONPATH": str(ROOT),
+        }
+        self.logs = logs
+        self.started: list[subprocess.Popen[bytes]] = []
+
+    def dramatiq_worker(self, module: str, *, threads: int) -> subprocess.Popen[bytes]:
+        """``dramatiq <module>``: one worker process with ``threads`` worker threads."""
+        return self.start(
+            [
+                sys.executable,
+                "-m",
+                "dramatiq",
+                module,
+                "--processes",
+                "1",
+                "--threads",
+                str(threads),
+            ]
+        )
+
+    def start(
+        self, args: list[str], *, env: dict[str, str] | None = None, **popen: Any
+    ) -> subprocess.Popen[bytes]:
+        """Start ``args`` with ``env`` added to the environment.
+
+        Its stderr, and its stdout unless ``popen`` says otherwise, go to a log of its own.
+        """
+        log = open(self.logs / f"process-{len(self.started)}.log", "wb")  # noqa: SIM115
+        popen.setdefault("stdout", log)
+        process = subprocess.Popen(
+            args,
+            cwd=ROOT,
+            env={**self.env, **(env or {})},
+            stderr=log,
+            start_new_session=True,
+            **popen,
+        )
+        log.close()
+        self.started.append(process)
+        return process
+
+    def kill(self, process: subprocess.Popen[bytes]) -> None:
+        """SIGKILL the process and every process it started: a crash, no cleanup at all."""
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(10)
+
+    def output(self) -> str:
+        """Everything the processes have logged so far."""
+        return "\n".join(p.read_text(errors="replace") for p in sorted(self.logs.glob("*.log")))
+
+    def close(self) -> None:
+        """SIGTERM the process groups still running; SIGKILL those that linger."""
+        running = [process for process in self.started if process.poll() is None]
+        for process in running:
+            os.killpg(process.pid, signal.SIGTERM)
+        for process in running:
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+# --- The zart-dramatiq command ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Outcome:
+    code: int
+    out: str
+    err: str
+
+
+class Cli:
+    """Runs ``main`` with the global ``options`` and captures what it prints."""
+
+    def __init__(self, capsys: pytest.CaptureFixture[str], *options: str) -> None:
+        self.capsys = capsys
+        self.options = options
+
+    def __call__(self, *argv: str) -> Outcome:
+        self.capsys.readouterr()
+        code = main([*self.options, *argv])
+        out, err = self.capsys.readouterr()
+        return Outcome(code, out, err)
+
+    def ok(self, *argv: str) -> str:
+        result = self(*argv)
+        assert (result.code, result.err) == (0, ""), result
+        return result.out
+
+    def json(self, *argv: str) -> Any:
+        return json.loads(self.ok(*argv, "--json"))
+
+    def fails(self, *argv: str) -> str:
+        """Run a command expected to fail; return its one-line error."""
+        result = self(*argv)
+        assert result.code == 1, result
+        assert result.out == ""
+        assert "Traceback" not in result.err
+        assert result.err.count("\n") == 1 and result.err.startswith("zart-dramatiq: error: ")
+        return result.err
+
+
+# --- Durable executions -----------------------------------------------------------------------
+
+
+class Effects:
+    """Counts side effects by name, thread-safely."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+        self._lock = threading.Lock()
+
+    def __call__(self, name: str) -> None:
+        with self._lock:
+            self.counts[name] += 1
+
+    def __getitem__(self, name: str) -> int:
+        with self._lock:
+            return self.counts[name]
