@@ -28,6 +28,7 @@ if __package__ in (None, ""):
 from benchmarks import measure
 from benchmarks.apps.actors import BenchActors, declare_actors
 from benchmarks.channel import Channel, channel_url
+from benchmarks.options import comma_separated
 from benchmarks.report import BrokerResult, render, write_json
 from benchmarks.targets import ALL_TARGETS, Settings, Target, Unavailable, short
 
@@ -35,12 +36,7 @@ T = TypeVar("T")
 NAMES = [t.name for t in ALL_TARGETS]
 
 
-def names(value: str) -> list[str]:
-    chosen = [n.strip() for n in value.split(",") if n.strip()]
-    unknown = sorted(set(chosen) - set(NAMES))
-    if unknown:
-        raise argparse.ArgumentTypeError(f"unknown broker(s) {unknown}; choose from {NAMES}")
-    return chosen
+names = comma_separated(NAMES, "broker(s)")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -36,6 +36,7 @@ import psycopg
 
 from benchmarks import measure, workers
 from benchmarks.measure import Percentiles
+from benchmarks.options import comma_separated
 
 T = TypeVar("T")
 SECTIONS = ["zart", "dbos", "redis", "zart-sleep", "dbos-sleep"]
@@ -729,12 +730,7 @@ def write_json(path: Path, results: Results, settings: Settings) -> None:
 # -- Orchestration ---------------------------------------------------------------------
 
 
-def sections(value: str) -> list[str]:
-    chosen = [s.strip() for s in value.split(",") if s.strip()]
-    unknown = sorted(set(chosen) - set(SECTIONS))
-    if unknown:
-        raise argparse.ArgumentTypeError(f"unknown section(s) {unknown}; choose from {SECTIONS}")
-    return chosen
+sections = comma_separated(SECTIONS, "section(s)")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -49,32 +49,28 @@ class DurableActor(Actor):  # type: ignore[type-arg]
     def dump_arguments(
         self, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> tuple[tuple[Any, ...], dict[str, Any]]:
-        hints = self._hints()
-        names = list(inspect.signature(self.original_fn).parameters)
-        dumped_args = tuple(
-            dump(value, hints.get(name, Any), what=f"argument {name!r} of {self.actor_name}")
-            for name, value in zip(names, args, strict=False)
-        ) + tuple(args[len(names) :])
-        dumped_kwargs = {
-            name: dump(value, hints.get(name, Any), what=f"argument {name!r} of {self.actor_name}")
-            for name, value in kwargs.items()
-        }
-        return dumped_args, dumped_kwargs
+        """Arguments as JSON-compatible data, through their annotations."""
+        return self._convert(args, kwargs, dump)
 
     def load_arguments(
         self, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """Arguments restored to their annotated types."""
+        return self._convert(args, kwargs, load)
+
+    def _convert(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], convert: Callable[..., Any]
+    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
         hints = self._hints()
         names = list(inspect.signature(self.original_fn).parameters)
-        loaded_args = tuple(
-            load(value, hints.get(name, Any), what=f"argument {name!r} of {self.actor_name}")
-            for name, value in zip(names, args, strict=False)
-        ) + tuple(args[len(names) :])
-        loaded_kwargs = {
-            name: load(value, hints.get(name, Any), what=f"argument {name!r} of {self.actor_name}")
-            for name, value in kwargs.items()
-        }
-        return loaded_args, loaded_kwargs
+
+        def one(name: str, value: Any) -> Any:
+            return convert(
+                value, hints.get(name, Any), what=f"argument {name!r} of {self.actor_name}"
+            )
+
+        converted = tuple(one(name, value) for name, value in zip(names, args, strict=False))
+        return converted + tuple(args[len(names) :]), {k: one(k, v) for k, v in kwargs.items()}
 
     @property
     def return_annotation(self) -> Any:

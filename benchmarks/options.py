@@ -1,0 +1,21 @@
+"""Command-line option types shared by the benchmark scripts."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Sequence
+
+
+def comma_separated(allowed: Sequence[str], what: str) -> Callable[[str], list[str]]:
+    """An argparse type: a comma-separated subset of ``allowed``, naming unknown ``what``."""
+
+    def parse(value: str) -> list[str]:
+        chosen = [item.strip() for item in value.split(",") if item.strip()]
+        unknown = sorted(set(chosen) - set(allowed))
+        if unknown:
+            raise argparse.ArgumentTypeError(
+                f"unknown {what} {unknown}; choose from {list(allowed)}"
+            )
+        return chosen
+
+    return parse
