@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import threading
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -35,7 +36,10 @@ def resolve_url(url: str | None = None) -> str:
     if env_url := os.environ.get("DATABASE_URL"):
         return env_url
     try:
-        import pgserver  # type: ignore[import-untyped]
+        with warnings.catch_warnings():
+            # pgserver's platformdirs warns about a missing XDG_RUNTIME_DIR; it copes.
+            warnings.filterwarnings("ignore", module="platformdirs")
+            import pgserver  # type: ignore[import-untyped]
     except ImportError:
         raise ConfigurationError(
             "No PostgreSQL configured. Pass url=... or set DATABASE_URL, e.g. "
@@ -44,8 +48,10 @@ def resolve_url(url: str | None = None) -> str:
         ) from None
     data_dir = Path(os.environ.get(_EMBEDDED_DIR_ENV, ".zart/pgdata")).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
-    # cleanup_mode=None leaves the server running for the worker processes that follow.
-    return str(pgserver.get_server(data_dir, cleanup_mode=None).get_uri())
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", module="platformdirs")
+        # cleanup_mode=None leaves the server running for the worker processes that follow.
+        return str(pgserver.get_server(data_dir, cleanup_mode=None).get_uri())
 
 
 def validate_schema(schema: str) -> str:
