@@ -35,6 +35,9 @@ from .sqlfile import Queries
 
 logger = logging.getLogger(__name__)
 
+#: Settled messages after which a worker vacuums the messages table itself.
+VACUUM_AFTER = 10_000
+
 
 @dataclass(frozen=True)
 class DeadLetter:
@@ -127,6 +130,8 @@ class PostgresBroker(dramatiq.Broker):
         self._lock = threading.Lock()
         self._listener: Listener | None = None
         self._pid = os.getpid()
+        #: Messages this process settled since it last vacuumed the messages table.
+        self._settled = 0
 
     # -- Declarations ------------------------------------------------------
 
@@ -312,7 +317,7 @@ class PostgresBroker(dramatiq.Broker):
                     self.channel,
                     on_notify=self._on_notify,
                     on_connect=self._on_listener_connect,
-                    on_tick=self.presence.beat,
+                    on_tick=self._on_tick,
                     tick_interval=self.heartbeat_interval,
                 )
                 self._listener.start()
@@ -325,6 +330,15 @@ class PostgresBroker(dramatiq.Broker):
         state = self._states.get(queue_name)
         if state is not None:
             state.wake()
+
+    def _on_tick(self, conn: psycopg.Connection) -> None:
+        self.presence.beat(conn)
+        with self._lock:
+            churned, self._settled = self._settled >= VACUUM_AFTER, self._settled % VACUUM_AFTER
+        if churned:
+            # Claims scan the queue's index; dead rows of settled messages slow
+            # every claim until vacuumed, and autovacuum may be a minute away.
+            conn.execute(self.queries["vacuum_messages"])
 
     def _on_listener_connect(self, conn: psycopg.Connection) -> None:
         self.presence.register(conn)
@@ -349,6 +363,9 @@ class PostgresBroker(dramatiq.Broker):
         }
         with self.db.connection() as conn:
             rows = conn.execute(self.queries["ack_and_claim"], params).fetchall()
+        if acks:
+            with self._lock:
+                self._settled += len(acks)
         if rows and rows[-1][0] is None:
             due_in = rows.pop()[5]
             return rows, None if due_in is None else max(due_in, 0.0)

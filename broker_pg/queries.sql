@@ -206,3 +206,7 @@ SELECT pg_notify(%(channel)s, queue_name) FROM woken
 
 -- name: discard
 DELETE FROM {schema}.messages WHERE id = %(id)s AND state IN ('queued', 'parked')
+
+-- name: vacuum_messages
+-- SKIP_LOCKED: if another worker is vacuuming already, that is enough.
+VACUUM (SKIP_LOCKED) {schema}.messages

@@ -19,7 +19,14 @@ CREATE TABLE messages (
     deliveries  integer     NOT NULL DEFAULT 0,
     enqueued_at timestamptz NOT NULL DEFAULT now(),
     claimed_at  timestamptz
-) WITH (fillfactor = 70);  -- room for HOT updates on claim
+) WITH (
+    -- Every message leaves a dead row behind: vacuum after a few thousand, not 20 %.
+    autovacuum_vacuum_scale_factor = 0,
+    autovacuum_vacuum_threshold = 5000,
+    autovacuum_vacuum_insert_scale_factor = 0,
+    autovacuum_vacuum_insert_threshold = 5000,
+    autovacuum_vacuum_cost_delay = 0
+);
 
 -- The claim query: due rows of one queue in priority, then due-time order.
 CREATE INDEX messages_ready ON messages (queue_name, priority, eta, id) WHERE state = 'queued';

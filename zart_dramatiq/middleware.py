@@ -23,6 +23,7 @@ import dramatiq
 from dramatiq import Message, MessageProxy
 from dramatiq.common import current_millis
 from dramatiq.middleware import Retries
+from dramatiq.worker import has_results_middleware
 
 from broker_pg import DEFAULT_SCHEMA, Database, PostgresBroker
 from broker_pg.database import channel_name
@@ -264,7 +265,7 @@ class DurableMiddleware(dramatiq.Middleware):
         finally:
             deactivate(token)
         self._finish(execution_id, delivery, "completed", result=data)
-        return data
+        return data if _result_consumed(actor, delivery) else None
 
     def _acquire(
         self,
@@ -358,6 +359,20 @@ class DurableMiddleware(dramatiq.Middleware):
 class _Replay:
     def __init__(self, result: Any) -> None:
         self.result = result
+
+
+def _result_consumed(actor: DurableActor, delivery: MessageProxy) -> bool:
+    """Whether Dramatiq does something with the actor's return value.
+
+    The result is kept on the execution anyway; handing it to Dramatiq when
+    nothing there uses it only earns a warning that it was discarded.
+    """
+    options = delivery.options
+    return (
+        has_results_middleware(actor.broker)
+        or options.get("pipe_target") is not None
+        or (options.get("on_success") or actor.options.get("on_success")) is not None
+    )
 
 
 def _stop(delivery: MessageProxy, reason: str) -> Stopped:

@@ -131,3 +131,16 @@ def test_group_completion_fires_once_all_executions_really_finish(broker) -> Non
         assert completed == [["completed"] * 3]
     finally:
         worker.stop()
+
+
+def test_no_discarded_result_warning_when_dramatiq_has_no_use_for_it(
+    broker, worker, caplog
+) -> None:
+    @zart.durable
+    def flow() -> int:
+        return 5
+
+    handle = zart.start(flow)
+    assert handle.result(timeout=15) == 5
+    broker.join(flow.queue_name)
+    assert not [r for r in caplog.records if "has been discarded" in r.getMessage()]
