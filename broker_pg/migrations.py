@@ -34,7 +34,7 @@ class Migration:
 
 def _migrations_dir() -> Traversable:
     # In a wheel the files ship inside the package; in a checkout they sit at the top level.
-    packaged = resources.files("broker_pg").joinpath("migrations")
+    packaged = resources.files("broker_pg").joinpath("_migrations")
     if packaged.is_dir():
         return packaged
     return Path(__file__).resolve().parent.parent / "migrations"
