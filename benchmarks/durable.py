@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import functools
 import json
 import logging
 import os
@@ -785,9 +786,11 @@ def run(settings: Settings, chosen: list[str]) -> Results:
         if key not in chosen:
             continue
         if key in throughput:
-            if (t := attempt(results, key, lambda f=throughput[key]: f(settings))) is not None:
+            if (
+                t := attempt(results, key, functools.partial(throughput[key], settings))
+            ) is not None:
                 results.throughput[key] = t
-        elif (p := attempt(results, key, lambda f=lateness[key]: f(settings))) is not None:
+        elif (p := attempt(results, key, functools.partial(lateness[key], settings))) is not None:
             results.lateness[key] = p
     results.load.append(os.getloadavg()[0])
     return results
