@@ -1,6 +1,6 @@
 """Developer entry points that need nothing but Python 3.11+.
 
-    python3 .ci/dev.py test   # lint, then the test suite against a real PostgreSQL
+    python3 .ci/dev.py test   # ruff, mypy, then the test suite against a real PostgreSQL
     python3 .ci/dev.py demo   # the order-fulfilment demo through a real dramatiq worker
 
 Both create ./.venv on first use and install the project into it. Without
@@ -41,9 +41,9 @@ def main(argv: list[str]) -> int:
         return 2
     ensure_environment()
     if command == "test":
-        lint = subprocess.run([str(PYTHON), "-m", "ruff", "check", "."], cwd=ROOT)
-        if lint.returncode:
-            return lint.returncode
+        for check in (["ruff", "check", "."], ["ruff", "format", "--check", "."], ["mypy"]):
+            if code := subprocess.run([str(PYTHON), "-m", *check], cwd=ROOT).returncode:
+                return code
         return subprocess.run([str(PYTHON), "-m", "pytest", *rest], cwd=ROOT).returncode
     return subprocess.run([str(PYTHON), "-m", "examples.demo", *rest], cwd=ROOT).returncode
 
