@@ -30,13 +30,11 @@ from .consumer import (
 from .database import DEFAULT_SCHEMA, Database, channel_name, unreachable
 from .encoding import encode_message
 from .listener import Listener
+from .maintenance import Maintenance
 from .presence import WorkerPresence
 from .sqlfile import Queries
 
 logger = logging.getLogger(__name__)
-
-#: Settled messages after which a worker vacuums the messages table itself.
-VACUUM_AFTER = 10_000
 
 
 @dataclass(frozen=True)
@@ -117,10 +115,10 @@ class PostgresBroker(dramatiq.Broker):
         self.poll_interval = poll_interval
         self.fail_fast_default = fail_fast_default
         self.queues: set[str] = set()
-        self.presence = WorkerPresence(
+        self.presence = WorkerPresence(self.queries, lease_timeout=lease_timeout)
+        self.maintenance = Maintenance(
             self.queries,
             self.channel,
-            lease_timeout=lease_timeout,
             max_deliveries=max_deliveries,
             dead_letter_ttl=dead_letter_ttl.total_seconds(),
         )
@@ -130,8 +128,6 @@ class PostgresBroker(dramatiq.Broker):
         self._lock = threading.Lock()
         self._listener: Listener | None = None
         self._pid = os.getpid()
-        #: Messages this process settled since it last vacuumed the messages table.
-        self._settled = 0
 
     # -- Declarations ------------------------------------------------------
 
@@ -333,15 +329,13 @@ class PostgresBroker(dramatiq.Broker):
 
     def _on_tick(self, conn: psycopg.Connection) -> None:
         self.presence.beat(conn)
-        with self._lock:
-            churned, self._settled = self._settled >= VACUUM_AFTER, self._settled % VACUUM_AFTER
-        if churned:
-            # Claims scan the queue's index; dead rows of settled messages slow
-            # every claim until vacuumed, and autovacuum may be a minute away.
-            conn.execute(self.queries["vacuum_messages"])
+        self.maintenance.run(conn)
 
     def _on_listener_connect(self, conn: psycopg.Connection) -> None:
         self.presence.register(conn)
+        # Messages of workers lost while this one was away come back at once.
+        self.presence.beat(conn)
+        self.maintenance.recover_lost_messages(conn)
         # Notifications may have been missed while disconnected.
         for state in list(self._states.values()):
             state.wake()
@@ -363,9 +357,7 @@ class PostgresBroker(dramatiq.Broker):
         }
         with self.db.connection() as conn:
             rows = conn.execute(self.queries["ack_and_claim"], params).fetchall()
-        if acks:
-            with self._lock:
-                self._settled += len(acks)
+        self.maintenance.settled(len(acks))
         if rows and rows[-1][0] is None:
             due_in = rows.pop()[5]
             return rows, None if due_in is None else max(due_in, 0.0)

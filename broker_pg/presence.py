@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import time
 import uuid
 
 import psycopg
@@ -20,27 +19,14 @@ from .sqlfile import Queries
 
 logger = logging.getLogger(__name__)
 
-#: Seconds between purges of expired dead letters and results.
-PURGE_INTERVAL = 60.0
-
 
 class WorkerPresence:
-    def __init__(
-        self,
-        queries: Queries,
-        channel: str,
-        *,
-        lease_timeout: float,
-        max_deliveries: int,
-        dead_letter_ttl: float,
-    ) -> None:
+    """This process's worker row, kept alive by ``beat``; lost workers' rows are reaped."""
+
+    def __init__(self, queries: Queries, *, lease_timeout: float) -> None:
         self.worker_id = uuid.uuid4()
         self.queries = queries
-        self.channel = channel
         self.lease_timeout = lease_timeout
-        self.max_deliveries = max_deliveries
-        self.dead_letter_ttl = dead_letter_ttl
-        self._next_purge = 0.0
 
     def register(self, conn: psycopg.Connection) -> None:
         """(Re)register on ``conn``, whose session then stands for this process."""
@@ -48,35 +34,20 @@ class WorkerPresence:
             self.queries["register_worker"],
             {"worker_id": self.worker_id, "hostname": socket.gethostname(), "pid": os.getpid()},
         )
-        self.recover_lost_messages(conn)
 
     def beat(self, conn: psycopg.Connection) -> None:
-        """Renew this worker's leases, then recover the leases of lost workers."""
+        """Renew this worker's leases, then reap the rows of lost workers."""
         alive = conn.execute(self.queries["heartbeat"], {"worker_id": self.worker_id}).fetchone()
         if alive is None:
             # Declared lost (a long stall): our messages went back to their queues,
             # and acks of our old leases will match nothing. Carry on as a new lease holder.
             logger.warning("Worker %s was presumed lost; registering again.", self.worker_id)
             self.register(conn)
-            return
-        self.recover_lost_messages(conn)
-        if time.monotonic() >= self._next_purge:
-            self._next_purge = time.monotonic() + PURGE_INTERVAL
-            conn.execute(self.queries["purge_expired"], {"dead_letter_ttl": self.dead_letter_ttl})
-
-    def recover_lost_messages(self, conn: psycopg.Connection) -> None:
-        returned = conn.execute(
-            self.queries["recover_lost_messages"],
-            {
-                "lease_timeout": self.lease_timeout,
-                "max_deliveries": self.max_deliveries,
-                "channel": self.channel,
-            },
+        lost = conn.execute(
+            self.queries["reap_lost_workers"], {"lease_timeout": self.lease_timeout}
         ).fetchall()
-        if returned:
-            logger.info(
-                "Recovered messages of lost workers on queues %s.", [row[0] for row in returned]
-            )
+        if lost:
+            logger.info("Workers presumed lost: %s.", [str(row[0]) for row in lost])
 
     def unregister(self, conn: psycopg.Connection) -> None:
         """Leave; whatever this worker still holds is recovered by the others."""

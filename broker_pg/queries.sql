@@ -108,20 +108,21 @@ UPDATE {schema}.workers SET heartbeat_at = now() WHERE id = %(worker_id)s RETURN
 -- name: unregister_worker
 DELETE FROM {schema}.workers WHERE id = %(worker_id)s
 
--- name: recover_lost_messages
+-- name: reap_lost_workers
 -- A worker is lost when its listener session has ended (it died) or it stopped
--- heartbeating (it hangs or is cut off). Its claimed messages go back to their
--- queues, or to dead letters once they have been delivered max_deliveries times.
-WITH lost_workers AS (
-    DELETE FROM {schema}.workers AS w
-     WHERE w.heartbeat_at < now() - %(lease_timeout)s * interval '1 second'
-        OR NOT EXISTS (SELECT 1 FROM pg_stat_activity AS a WHERE a.pid = w.backend_pid)
-    RETURNING w.id
-), orphans AS (
+-- heartbeating (it hangs or is cut off).
+DELETE FROM {schema}.workers AS w
+ WHERE w.heartbeat_at < now() - %(lease_timeout)s * interval '1 second'
+    OR NOT EXISTS (SELECT 1 FROM pg_stat_activity AS a WHERE a.pid = w.backend_pid)
+RETURNING w.id
+
+-- name: recover_lost_messages
+-- Claimed messages whose worker row is gone go back to their queues, or to dead
+-- letters once they have been delivered max_deliveries times.
+WITH orphans AS (
     SELECT m.id, m.deliveries FROM {schema}.messages AS m
      WHERE m.state = 'claimed'
-       AND (m.lease_owner IN (SELECT id FROM lost_workers)
-            OR NOT EXISTS (SELECT 1 FROM {schema}.workers AS w WHERE w.id = m.lease_owner))
+       AND NOT EXISTS (SELECT 1 FROM {schema}.workers AS w WHERE w.id = m.lease_owner)
        FOR UPDATE SKIP LOCKED
 ), poisoned AS (
     DELETE FROM {schema}.messages AS m USING orphans

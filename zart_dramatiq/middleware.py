@@ -139,17 +139,13 @@ class DurableMiddleware(dramatiq.Middleware):
         with self._lock:
             if self._presence is None:
                 db = self.store.db
-                channel = channel_name(db.schema, "messages")
                 self._presence = WorkerPresence(
                     Queries("broker_pg", "queries.sql", db.schema),
-                    channel,
                     lease_timeout=self.lease_timeout,
-                    max_deliveries=1,
-                    dead_letter_ttl=7 * 86400,
                 )
                 self._listener = Listener(
                     db,
-                    channel,
+                    channel_name(db.schema, "messages"),
                     on_notify=lambda _: None,
                     on_connect=self._presence.register,
                     on_tick=self._tick,
@@ -189,9 +185,14 @@ class DurableMiddleware(dramatiq.Middleware):
             self._own_presence()
 
     def after_worker_shutdown(self, broker: dramatiq.Broker, worker: Any) -> None:
-        listener, self._listener = self._listener, None
+        with self._lock:
+            listener, self._listener = self._listener, None
+            presence, self._presence = self._presence, None
         if listener is not None:
             listener.stop()
+        if presence is not None:
+            with self.store.db.connection() as conn:
+                presence.unregister(conn)
 
     def before_process_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
         self.bind(broker)

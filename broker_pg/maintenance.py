@@ -1,0 +1,61 @@
+"""Housekeeping that live workers share: lost messages, expired rows, dead tuples."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import psycopg
+
+from .sqlfile import Queries
+
+logger = logging.getLogger(__name__)
+
+#: Seconds between purges of expired dead letters and results.
+PURGE_INTERVAL = 60.0
+#: Settled messages after which a worker vacuums the messages table itself.
+VACUUM_AFTER = 10_000
+
+
+class Maintenance:
+    def __init__(
+        self, queries: Queries, channel: str, *, max_deliveries: int, dead_letter_ttl: float
+    ) -> None:
+        self.queries = queries
+        self.channel = channel
+        self.max_deliveries = max_deliveries
+        self.dead_letter_ttl = dead_letter_ttl
+        self._lock = threading.Lock()
+        self._settled = 0
+        self._next_purge = 0.0
+
+    def settled(self, count: int) -> None:
+        """Count messages this process settled (each leaves a dead row behind)."""
+        with self._lock:
+            self._settled += count
+
+    def run(self, conn: psycopg.Connection) -> None:
+        """One round, on the listener's connection, once per heartbeat."""
+        self.recover_lost_messages(conn)
+        if time.monotonic() >= self._next_purge:
+            self._next_purge = time.monotonic() + PURGE_INTERVAL
+            conn.execute(self.queries["purge_expired"], {"dead_letter_ttl": self.dead_letter_ttl})
+        with self._lock:
+            churned = self._settled >= VACUUM_AFTER
+            self._settled %= VACUUM_AFTER
+        if churned:
+            # Claims scan the queue's index; dead rows of settled messages slow
+            # every claim until vacuumed, and autovacuum may be a minute away.
+            conn.execute(self.queries["vacuum_messages"])
+
+    def recover_lost_messages(self, conn: psycopg.Connection) -> None:
+        """Return the messages of reaped workers to their queues (or dead letters)."""
+        returned = conn.execute(
+            self.queries["recover_lost_messages"],
+            {"max_deliveries": self.max_deliveries, "channel": self.channel},
+        ).fetchall()
+        if returned:
+            logger.info(
+                "Recovered messages of lost workers on queues %s.", [row[0] for row in returned]
+            )
