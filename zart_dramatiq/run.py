@@ -177,6 +177,11 @@ def current_run() -> Run:
     return run
 
 
+def in_execution() -> bool:
+    """Whether a durable body is executing in this context."""
+    return _current.get() is not None
+
+
 def activate(run: Run | None) -> Any:
     return _current.set(run)
 

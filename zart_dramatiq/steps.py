@@ -11,7 +11,7 @@ from typing import Any, TypeVar, overload
 
 from .errors import NonDeterminismError
 from .retry_policy import NO_RETRY, Retry
-from .run import Run, current_run
+from .run import Run, current_run, in_execution
 from .serialization import dump, error_from_json, error_to_json, load, type_hints
 
 T = TypeVar("T")
@@ -143,9 +143,10 @@ def _decorate(fn: F, name: str | None, retry: Retry | None) -> F:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if not in_execution():
+            return fn(*args, **kwargs)  # outside a durable body it is a plain call
         return run_step(step_name, fn, args, kwargs, policy)
 
-    wrapper.__wrapped_step__ = fn  # type: ignore[attr-defined]
     return typing.cast(F, wrapper)
 
 

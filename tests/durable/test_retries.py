@@ -145,3 +145,11 @@ def test_dramatiq_retries_rerun_the_body_but_never_recorded_steps(broker, worker
     handle = zart.start(flow)
     assert handle.result(timeout=15) == "done"
     assert (effects["first"], effects["body"], effects["second"]) == (1, 3, 1)
+
+
+def test_a_decorated_step_called_outside_a_durable_body_is_a_plain_call(effects) -> None:
+    # No retry policy, no checkpoint: the first call's error reaches the caller.
+    with pytest.raises(Flaky):
+        decorated_step(effects)
+    assert decorated_step(effects) == 7
+    assert effects["decorated"] == 2
