@@ -155,17 +155,7 @@ class PostgresBroker(dramatiq.Broker):
         Inside ``transaction(conn)`` the row is written on the caller's
         connection; inside ``batch()`` it is written when the block ends.
         """
-        queue_name = q_name(message.queue_name)
-        if queue_name not in self.queues:
-            raise QueueNotFound(queue_name)
-        if delay is not None:
-            # What Dramatiq's hooks and callers expect to see; the row itself is
-            # stored in the queue proper with a due time.
-            message = message.copy(
-                queue_name=dq_name(queue_name), options={"eta": current_millis() + delay}
-            )
-        self.emit_before("enqueue", message, delay)
-        row = self._row(message, delay)
+        message, row = self._prepare(message, delay)
         route = _route.get()
         if route is not None and route.batch is not None:
             route.batch.append((row, message, delay))
@@ -180,15 +170,29 @@ class PostgresBroker(dramatiq.Broker):
         With a ``delay`` the message is instead due then, unless woken earlier.
         Returns the row id to wake it with. Used for durable event waits.
         """
-        queue_name = q_name(message.queue_name)
-        if queue_name not in self.queues:
-            raise QueueNotFound(queue_name)
+        message, row = self._prepare(message, delay)
         route = _route.get()
-        return self._insert(
-            self._row(message, delay),
+        row_id = self._insert(
+            row,
             connection=route.connection if route else None,
             state="parked" if delay is None else "queued",
         )
+        self.emit_after("enqueue", message, delay)
+        return row_id
+
+    def _prepare(self, message: Message[Any], delay: int | None) -> tuple[Message[Any], _Row]:
+        """Run the before_enqueue hooks and encode the row to store."""
+        queue_name = q_name(message.queue_name)
+        if queue_name not in self.queues:
+            raise QueueNotFound(queue_name)
+        if delay is not None:
+            # What Dramatiq's hooks and callers expect to see; the row itself is
+            # stored in the queue proper with a due time.
+            message = message.copy(
+                queue_name=dq_name(queue_name), options={"eta": current_millis() + delay}
+            )
+        self.emit_before("enqueue", message, delay)
+        return message, self._row(message, delay)
 
     def _row(self, message: Message[Any], delay: int | None) -> _Row:
         plain = message._message if isinstance(message, MessageProxy) else message

@@ -144,3 +144,23 @@ def test_no_discarded_result_warning_when_dramatiq_has_no_use_for_it(
     assert handle.result(timeout=15) == 5
     broker.join(flow.queue_name)
     assert not [r for r in caplog.records if "has been discarded" in r.getMessage()]
+
+
+def test_enqueue_hooks_see_starts_and_resumptions(broker, worker) -> None:
+    """Tracing middleware (e.g. OpenTelemetry) stamps options in before_enqueue."""
+    seen: list[tuple[str, int]] = []
+
+    class Recorder(dramatiq.Middleware):
+        def before_enqueue(self, broker, message, delay) -> None:
+            seen.append((message.options.get("zart_execution_id"), message.options.get("zart_seq")))
+
+    broker.add_middleware(Recorder())
+
+    @zart.durable
+    def flow() -> str:
+        zart.sleep("pause", timedelta(milliseconds=50))
+        return "done"
+
+    handle = zart.start(flow)
+    assert handle.result(timeout=15) == "done"
+    assert seen == [(handle.execution_id, 0), (handle.execution_id, 1)]
