@@ -62,3 +62,14 @@ CREATE TABLE events (
     UNIQUE (execution_id, key)
 );
 CREATE INDEX events_unconsumed ON events (execution_id, name, id) WHERE consumed_by IS NULL;
+
+-- Tells waiting handle.result() calls that an execution ended. A NOTIFY costs a
+-- transaction in every LISTENing session of the database (each worker has one),
+-- so it is sent only while some session waits for results: those connect under
+-- the application name given as `waiter`.
+CREATE FUNCTION notify_execution_ended(channel text, execution_id text, waiter text)
+RETURNS void LANGUAGE sql AS $$
+    SELECT pg_notify(channel, execution_id)
+     WHERE EXISTS (SELECT 1 FROM pg_stat_activity
+                    WHERE datname = current_database() AND application_name = waiter)
+$$;

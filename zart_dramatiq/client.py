@@ -11,6 +11,8 @@ from typing import Any
 import dramatiq
 from psycopg import sql
 
+from broker_pg.database import connect
+
 from .actor import DurableActor
 from .errors import (
     ExecutionConflict,
@@ -22,6 +24,7 @@ from .errors import (
 from .middleware import TERMINAL, DurableMiddleware, middleware_for
 from .run import EXECUTION_ID, SEQ
 from .serialization import dump, input_hash, load
+from .store import RESULT_WAITER
 
 
 @dataclass(frozen=True)
@@ -85,7 +88,7 @@ class ExecutionHandle:
         """
         store = self._middleware.store
         deadline = None if timeout is None else time.monotonic() + timeout
-        with store.db.listen_connection() as conn:
+        with connect(store.db.url, application_name=RESULT_WAITER) as conn:
             conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(store.channel)))
             # Listening before looking: an end committed in between still wakes us.
             while True:
@@ -194,7 +197,7 @@ def cancel(execution_id: str, *, broker: dramatiq.Broker | None = None) -> str:
     middleware = middleware_for(broker or dramatiq.get_broker())
     store = middleware.store
     with store.transaction() as tx:
-        row = store.run(tx, "cancel", id=execution_id, channel=store.channel)
+        row = store.run(tx, "cancel", id=execution_id)
         if row is None:
             raise UnknownExecution(f"cannot cancel: no execution has id {execution_id!r}")
         previous, wake_message, _ = row

@@ -219,7 +219,6 @@ class DurableMiddleware(dramatiq.Middleware):
                 "mark_failed",
                 id=_execution_id(message),
                 error=error_to_json(exception),
-                channel=self.store.channel,
             )
 
     def after_skip_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
@@ -352,7 +351,6 @@ class DurableMiddleware(dramatiq.Middleware):
                 status=status,
                 result=result,
                 error=error,
-                channel=self.store.channel,
             )
             self.transport.settle(tx, delivery)
 

@@ -121,7 +121,7 @@ WITH done AS (
      WHERE id = %(id)s AND run_owner = %(worker_id)s
     RETURNING id
 )
-SELECT pg_notify(%(channel)s, id) FROM done
+SELECT {schema}.notify_execution_ended(%(channel)s, id, %(waiter)s) FROM done
 
 -- name: release_after_error
 UPDATE {schema}.executions
@@ -137,21 +137,7 @@ WITH done AS (
      WHERE id = %(id)s AND status NOT IN ('completed', 'failed', 'cancelled', 'timed_out')
     RETURNING id
 )
-SELECT pg_notify(%(channel)s, id) FROM done
-
--- name: expire_if_due
--- Called for a delivery of an execution past its deadline.
-WITH done AS (
-    UPDATE {schema}.executions
-       SET status = 'timed_out', run_owner = NULL, waiting_for = NULL, finished_at = now(),
-           updated_at = now(),
-           error = jsonb_build_object('type', 'ExecutionTimeout',
-                                      'message', 'the execution passed its deadline')
-     WHERE id = %(id)s AND deadline <= now()
-       AND status NOT IN ('completed', 'failed', 'cancelled', 'timed_out')
-    RETURNING id
-)
-SELECT pg_notify(%(channel)s, id) FROM done
+SELECT {schema}.notify_execution_ended(%(channel)s, id, %(waiter)s) FROM done
 
 -- name: cancel
 WITH target AS (
@@ -165,7 +151,7 @@ WITH target AS (
        AND target.status NOT IN ('completed', 'failed', 'cancelled', 'timed_out')
     RETURNING e.id
 )
-SELECT target.status, target.wake_message, (SELECT count(pg_notify(%(channel)s, id)) FROM done)
+SELECT target.status, target.wake_message, (SELECT count({schema}.notify_execution_ended(%(channel)s, id, %(waiter)s)) FROM done)
   FROM target
 
 -- name: lock_for_event

@@ -18,6 +18,9 @@ from broker_pg.sqlfile import Queries
 
 from .group_commit import GroupCommit
 
+#: The application name of connections waiting for executions to end.
+RESULT_WAITER = "zart-result-waiter"
+
 
 @dataclass(frozen=True)
 class StepRecord:
@@ -56,15 +59,17 @@ class Store:
         self.queries = Queries("zart_dramatiq", "queries.sql", db.schema)
         #: NOTIFY channel carrying the ids of executions that just ended.
         self.channel = channel_name(db.schema, "executions")
+        #: Every query may name the channel and who listens on it.
+        self._common = {"channel": self.channel, "waiter": RESULT_WAITER}
         self._checkpoints = GroupCommit(self._write_steps)
 
     def fetchone(self, query: str, **params: Any) -> tuple[Any, ...] | None:
         with self.db.connection() as conn:
-            return _first(conn.execute(self.queries[query], _adapt(params)))
+            return _first(conn.execute(self.queries[query], self._params(params)))
 
     def fetchall(self, query: str, **params: Any) -> list[tuple[Any, ...]]:
         with self.db.connection() as conn:
-            return conn.execute(self.queries[query], _adapt(params)).fetchall()
+            return conn.execute(self.queries[query], self._params(params)).fetchall()
 
     @contextmanager
     def transaction(self) -> Iterator[Transaction]:
@@ -87,7 +92,10 @@ class Store:
 
     def run(self, tx: Transaction, query: str, **params: Any) -> tuple[Any, ...] | None:
         """Execute ``query`` inside ``tx``; return its first row."""
-        return _first(tx.conn.execute(self.queries[query], _adapt(params)))
+        return _first(tx.conn.execute(self.queries[query], self._params(params)))
+
+    def _params(self, params: dict[str, Any]) -> dict[str, Any]:
+        return {**self._common, **_adapt(params)}
 
 
 #: Parameters bound to jsonb columns.
