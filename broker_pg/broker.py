@@ -91,6 +91,8 @@ class PostgresBroker(dramatiq.Broker):
       poll_interval: upper bound, in seconds, on how long a consumer relies on
         notifications alone before it looks at its queue again.
       fail_fast_default: the default of ``join(fail_fast=)``, as on StubBroker.
+      application_name: how the process's sessions appear in ``pg_stat_activity``
+        (its LISTEN session adds ``-listener``).
     """
 
     def __init__(
@@ -106,9 +108,12 @@ class PostgresBroker(dramatiq.Broker):
         dead_letter_ttl: timedelta = timedelta(days=7),
         poll_interval: float = 1.0,
         fail_fast_default: bool = True,
+        application_name: str = "broker_pg",
     ) -> None:
         super().__init__(middleware=middleware)
-        self.db = Database(url, schema=schema, pool_size=pool_size, application_name="broker_pg")
+        self.db = Database(
+            url, schema=schema, pool_size=pool_size, application_name=application_name
+        )
         self.queries = Queries("broker_pg", "queries.sql", self.db.schema)
         self.channel = channel_name(self.db.schema, "messages")
         self.heartbeat_interval = heartbeat_interval

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import uuid
 from collections.abc import Callable
 
 import psycopg
@@ -10,9 +11,11 @@ import pytest
 from dramatiq import Message
 
 from broker_pg import DatabaseUnavailable, PostgresBroker, PostgresMessageProxy
-from tests.support import own_tcp_ports, wait_until
+from tests.support import wait_until
 
 QUEUE = "settle"
+#: Names this module's broker sessions, so the tests cut only those.
+APPLICATION = f"settle-{uuid.uuid4().hex[:8]}"
 
 
 class Boom(Exception):
@@ -32,13 +35,11 @@ def state_counts(db: psycopg.Connection, schema: str) -> dict[str, int]:
 
 
 def cut_pooled_connections(db: psycopg.Connection) -> None:
-    """Terminate this process's pooled broker sessions; the next statement on each fails."""
+    """Terminate the test broker's pooled sessions; the next statement on each fails."""
     pids = [
         pid
         for (pid,) in db.execute(
-            "SELECT pid FROM pg_stat_activity"
-            " WHERE application_name = 'broker_pg' AND client_port = ANY(%s)",
-            (own_tcp_ports(),),
+            "SELECT pid FROM pg_stat_activity WHERE application_name = %s", (APPLICATION,)
         ).fetchall()
     ]
     assert pids
@@ -64,7 +65,7 @@ def retry(operation: Callable[[], None]) -> None:
 
 @pytest.fixture
 def broker(make_broker: Callable[..., PostgresBroker]) -> PostgresBroker:
-    broker = make_broker()
+    broker = make_broker(application_name=APPLICATION)
     broker.declare_queue(QUEUE)
     return broker
 
