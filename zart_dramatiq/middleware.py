@@ -114,7 +114,7 @@ class DurableMiddleware(dramatiq.Middleware):
                     application_name="zart_dramatiq",
                 )
             self._store = Store(db)
-            self._transport = transport_for(broker)
+            self._transport = transport_for(broker, db)
 
     @property
     def store(self) -> Store:
@@ -130,12 +130,15 @@ class DurableMiddleware(dramatiq.Middleware):
 
     @property
     def worker_id(self) -> UUID:
-        if isinstance(self.broker, PostgresBroker):
+        # Leases are checked against the workers table of the executions' schema:
+        # the broker's own worker row only counts when it lives there.
+        if self.transport.atomic:
+            assert isinstance(self.broker, PostgresBroker)
             return self.broker.worker_id  # type: ignore[no-any-return]
         return self._own_presence().worker_id
 
     def _own_presence(self) -> WorkerPresence:
-        """On other brokers, this process's own worker row, so bodies can hold leases."""
+        """Without broker_pg in the same schema, this process's own worker row for leases."""
         with self._lock:
             if self._presence is None:
                 db = self.store.db

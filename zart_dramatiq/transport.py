@@ -13,7 +13,7 @@ from typing import Any
 import dramatiq
 from dramatiq import Message, MessageProxy
 
-from broker_pg import PostgresBroker
+from broker_pg import Database, PostgresBroker
 
 from .store import Transaction
 
@@ -75,7 +75,8 @@ class PostgresTransport(Transport):
             self.broker.discard(wake_message, connection=tx.conn)
 
 
-def transport_for(broker: dramatiq.Broker) -> Transport:
-    if isinstance(broker, PostgresBroker):
+def transport_for(broker: dramatiq.Broker, db: Database) -> Transport:
+    """One transaction for checkpoints and messages when both live in ``db``."""
+    if isinstance(broker, PostgresBroker) and broker.db is db:
         return PostgresTransport(broker)
     return Transport(broker)

@@ -1,4 +1,7 @@
-"""The durable middleware on Dramatiq's Redis and RabbitMQ brokers, checkpoints in PostgreSQL.
+"""The durable middleware on other brokers, checkpoints in PostgreSQL.
+
+Other brokers: Dramatiq's Redis and RabbitMQ brokers, and a PostgresBroker whose
+tables live in another schema than the executions.
 
 There, a checkpoint and the message that resumes it are two writes; a crash in
 between is repaired by the middleware's sweeper, which re-sends overdue wake-ups.
@@ -17,7 +20,8 @@ from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.brokers.redis import RedisBroker
 
 import zart_dramatiq as zart
-from tests.support import Effects, wait_until
+from broker_pg import PostgresBroker, migrate
+from tests.support import Effects, drop_schema, new_schema_name, wait_until
 
 
 def make_broker(kind: str, *, port: int | None = None) -> dramatiq.Broker:
@@ -28,9 +32,15 @@ def make_broker(kind: str, *, port: int | None = None) -> dramatiq.Broker:
     return RabbitmqBroker(url=f"amqp://guest:guest@127.0.0.1:{port or 5672}")
 
 
-@pytest.fixture(params=["redis", "rabbitmq"])
+@pytest.fixture(params=["redis", "rabbitmq", "postgres-elsewhere"])
 def other_broker(request, database_url: str, schema: str) -> Iterator[dramatiq.Broker]:
-    broker = make_broker(request.param)
+    if request.param == "postgres-elsewhere":
+        elsewhere = new_schema_name()
+        migrate(database_url, schema=elsewhere)
+        request.addfinalizer(lambda: drop_schema(database_url, elsewhere))
+        broker: dramatiq.Broker = PostgresBroker(database_url, schema=elsewhere)
+    else:
+        broker = make_broker(request.param)
     broker.add_middleware(
         zart.DurableMiddleware(database_url, schema=schema, repair_after=timedelta(seconds=0.5)),
         before=type(broker.middleware[0]),
