@@ -72,6 +72,12 @@ class _Route:
 _route: ContextVar[_Route | None] = ContextVar("broker_pg_route", default=None)
 
 
+def caller_connection() -> psycopg.Connection | None:
+    """The connection of the enclosing ``broker.transaction(conn)`` block, if any."""
+    route = _route.get()
+    return route.connection if route is not None else None
+
+
 class PostgresBroker(dramatiq.Broker):
     """A Dramatiq broker that keeps every message in PostgreSQL.
 

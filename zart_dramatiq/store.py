@@ -13,9 +13,11 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from broker_pg import Database
+from broker_pg.broker import caller_connection
 from broker_pg.database import channel_name
 from broker_pg.sqlfile import Queries
 
+from .errors import ZartError
 from .group_commit import GroupCommit
 
 #: The application name of connections waiting for executions to end.
@@ -73,6 +75,19 @@ class Store:
 
     @contextmanager
     def transaction(self) -> Iterator[Transaction]:
+        """A transaction of its own; inside ``broker.transaction(conn)``, the caller's."""
+        caller = caller_connection()
+        if caller is not None:
+            tx = Transaction(caller)
+            with caller.transaction():  # a savepoint: the caller commits or rolls back
+                yield tx
+            if tx.after_commit:
+                raise ZartError(
+                    "a durable start, event or cancel inside broker.transaction(conn) needs the "
+                    "DurableMiddleware on the broker's own database and schema; here a message "
+                    "would have to be sent after a commit that the caller controls"
+                )
+            return
         with self.db.connection() as conn:
             tx = Transaction(conn)
             with conn.transaction():

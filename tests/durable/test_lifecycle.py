@@ -6,6 +6,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
+import psycopg
 import pytest
 from psycopg import sql
 
@@ -187,3 +188,25 @@ def test_retry_reruns_the_failed_step_and_keeps_the_others(broker, worker, effec
     assert (effects["before"], effects["sometimes"]) == (1, 2)
     with pytest.raises(zart.ExecutionFinished):
         zart.retry(handle.execution_id)
+
+
+def test_a_start_inside_the_callers_transaction_commits_or_vanishes_with_it(
+    broker, worker, database_url, db, schema
+) -> None:
+    @zart.durable
+    def flow(n: int) -> int:
+        return n * 2
+
+    class Abort(Exception):
+        pass
+
+    with pytest.raises(Abort), psycopg.connect(database_url) as conn, conn.transaction():
+        with broker.transaction(conn):
+            zart.start(flow, 1, execution_id="rolled-back")
+        raise Abort
+    assert count_rows(db, schema, "executions") == 0
+    assert count_rows(db, schema, "messages") == 0
+
+    with psycopg.connect(database_url) as conn, conn.transaction(), broker.transaction(conn):
+        handle = zart.start(flow, 2, execution_id="committed")
+    assert handle.result(timeout=15) == 4
