@@ -128,6 +128,7 @@ class PostgresBroker(dramatiq.Broker):
         self.queues: set[str] = set()
         self.presence = WorkerPresence(self.queries, lease_timeout=lease_timeout)
         self.maintenance = Maintenance(
+            self.db,
             self.queries,
             self.channel,
             max_deliveries=max_deliveries,

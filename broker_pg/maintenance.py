@@ -8,6 +8,7 @@ import time
 
 import psycopg
 
+from .database import Database
 from .sqlfile import Queries
 
 logger = logging.getLogger(__name__)
@@ -20,8 +21,15 @@ VACUUM_AFTER = 10_000
 
 class Maintenance:
     def __init__(
-        self, queries: Queries, channel: str, *, max_deliveries: int, dead_letter_ttl: float
+        self,
+        db: Database,
+        queries: Queries,
+        channel: str,
+        *,
+        max_deliveries: int,
+        dead_letter_ttl: float,
     ) -> None:
+        self.db = db
         self.queries = queries
         self.channel = channel
         self.max_deliveries = max_deliveries
@@ -29,6 +37,7 @@ class Maintenance:
         self._lock = threading.Lock()
         self._settled = 0
         self._next_purge = 0.0
+        self._vacuuming = threading.Event()
 
     def settled(self, count: int) -> None:
         """Count messages this process settled (each leaves a dead row behind)."""
@@ -44,10 +53,21 @@ class Maintenance:
         with self._lock:
             churned = self._settled >= VACUUM_AFTER
             self._settled %= VACUUM_AFTER
-        if churned:
+        if churned and not self._vacuuming.is_set():
             # Claims scan the queue's index; dead rows of settled messages slow
             # every claim until vacuumed, and autovacuum may be a minute away.
-            conn.execute(self.queries["vacuum_messages"])
+            # In a thread of its own: a long vacuum must not delay the heartbeat.
+            self._vacuuming.set()
+            threading.Thread(target=self._vacuum, name="broker_pg-vacuum", daemon=True).start()
+
+    def _vacuum(self) -> None:
+        try:
+            with self.db.connection() as conn:
+                conn.execute(self.queries["vacuum_messages"])
+        except Exception:
+            logger.warning("Could not vacuum the messages table.", exc_info=True)
+        finally:
+            self._vacuuming.clear()
 
     def recover_lost_messages(self, conn: psycopg.Connection) -> None:
         """Return the messages of reaped workers to their queues (or dead letters)."""
