@@ -373,7 +373,6 @@ class PostgresBroker(dramatiq.Broker):
         }
         with self.db.connection() as conn:
             rows = conn.execute(self.queries["ack_and_claim"], params).fetchall()
-        self.maintenance.settled(len(acks))
         if rows and rows[-1][0] is None:
             due_in = rows.pop()[5]
             return rows, None if due_in is None else max(due_in, 0.0)

@@ -15,7 +15,7 @@ logger = logging.getLogger(__name__)
 
 #: Seconds between purges of expired dead letters and results.
 PURGE_INTERVAL = 60.0
-#: Settled messages after which a worker vacuums the messages table itself.
+#: Dead rows in the messages table above which a worker vacuums it itself.
 VACUUM_AFTER = 10_000
 
 
@@ -34,15 +34,8 @@ class Maintenance:
         self.channel = channel
         self.max_deliveries = max_deliveries
         self.dead_letter_ttl = dead_letter_ttl
-        self._lock = threading.Lock()
-        self._settled = 0
         self._next_purge = 0.0
         self._vacuuming = threading.Event()
-
-    def settled(self, count: int) -> None:
-        """Count messages this process settled (each leaves a dead row behind)."""
-        with self._lock:
-            self._settled += count
 
     def run(self, conn: psycopg.Connection) -> None:
         """One round, on the listener's connection, once per heartbeat."""
@@ -50,10 +43,8 @@ class Maintenance:
         if time.monotonic() >= self._next_purge:
             self._next_purge = time.monotonic() + PURGE_INTERVAL
             conn.execute(self.queries["purge_expired"], {"dead_letter_ttl": self.dead_letter_ttl})
-        with self._lock:
-            churned = self._settled >= VACUUM_AFTER
-            self._settled %= VACUUM_AFTER
-        if churned and not self._vacuuming.is_set():
+        dead = conn.execute(self.queries["dead_messages"], {"schema": self.db.schema}).fetchone()
+        if dead and dead[0] > VACUUM_AFTER and not self._vacuuming.is_set():
             # Claims scan the queue's index; dead rows of settled messages slow
             # every claim until vacuumed, and autovacuum may be a minute away.
             # In a thread of its own: a long vacuum must not delay the heartbeat.

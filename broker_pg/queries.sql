@@ -208,6 +208,11 @@ SELECT pg_notify(%(channel)s, queue_name) FROM woken
 -- name: discard
 DELETE FROM {schema}.messages WHERE id = %(id)s AND state IN ('queued', 'parked')
 
+-- name: dead_messages
+-- Dead rows left by settled (or flushed) messages, as the statistics collector counts them.
+SELECT n_dead_tup FROM pg_stat_user_tables
+ WHERE schemaname = %(schema)s AND relname = 'messages'
+
 -- name: vacuum_messages
 -- SKIP_LOCKED: if another worker is vacuuming already, that is enough.
 VACUUM (SKIP_LOCKED) {schema}.messages

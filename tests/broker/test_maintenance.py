@@ -9,7 +9,7 @@ from broker_pg import maintenance
 from tests.support import wait_until
 
 
-def test_a_worker_vacuums_the_messages_table_after_many_settled_messages(
+def test_a_worker_vacuums_the_messages_table_once_it_holds_many_dead_rows(
     broker, worker, db, schema, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(maintenance, "VACUUM_AFTER", 50)
