@@ -496,6 +496,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(str(e))
     try:
         return int(args.handler(session, args))
+    except BrokenPipeError:
+        # Output piped into `head` and the like, which stopped reading. Point stdout
+        # at devnull so the flush at interpreter exit does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except (CommandError, ZartError, BrokerError) as e:
         return _fail(str(e))
     except (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName) as e:
