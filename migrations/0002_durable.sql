@@ -31,6 +31,9 @@ CREATE TABLE executions (
 CREATE INDEX executions_active ON executions (status, updated_at)
     WHERE status NOT IN ('completed', 'failed', 'cancelled', 'timed_out');
 CREATE INDEX executions_created ON executions (created_at);
+-- Retention: purge_executions deletes ended executions by age.
+CREATE INDEX executions_finished ON executions (finished_at)
+    WHERE status IN ('completed', 'failed', 'cancelled', 'timed_out');
 
 -- One row per step, sleep or event wait; keyed by kind, name and occurrence.
 CREATE TABLE steps (

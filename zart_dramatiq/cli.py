@@ -308,6 +308,12 @@ def cmd_cancel(session: Session, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_executions_purge(session: Session, args: argparse.Namespace) -> int:
+    deleted = zart.purge_executions(args.older_than, broker=session.broker)
+    print(f"purged {deleted} ended executions")
+    return 0
+
+
 def cmd_retry(session: Session, args: argparse.Namespace) -> int:
     zart.retry(args.execution_id, broker=session.broker)
     print(f"restarted execution {args.execution_id!r} from its failed step")
@@ -468,6 +474,14 @@ def build_parser() -> argparse.ArgumentParser:
         command(parent, "cancel", cmd_cancel, "cancel an execution").add_argument(
             "execution_id", metavar="ID"
         )
+    command(
+        execution_commands,
+        "purge",
+        cmd_executions_purge,
+        "delete ended executions (with their steps and events) older than a retention",
+    ).add_argument(
+        "--older-than", type=_seconds, metavar="SECONDS", required=True, help="retention"
+    )
     command(
         execution_commands,
         "retry",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import dramatiq
@@ -25,6 +25,9 @@ from .middleware import TERMINAL, DurableMiddleware, middleware_for
 from .run import EXECUTION_ID, SEQ
 from .serialization import dump, input_hash, load
 from .store import RESULT_WAITER
+
+#: Executions deleted per transaction by purge_executions.
+PURGE_BATCH = 1000
 
 
 @dataclass(frozen=True)
@@ -227,6 +230,25 @@ def retry(execution_id: str, *, broker: dramatiq.Broker | None = None) -> None:
             )
         message = dramatiq.Message.decode(resume_message)
         middleware.transport.send(tx, message.copy(options={SEQ: seq}), 0)
+
+
+def purge_executions(older_than: timedelta, *, broker: dramatiq.Broker | None = None) -> int:
+    """Delete executions that ended more than ``older_than`` ago, with their steps and events.
+
+    Running, sleeping and waiting executions are never touched. Returns how many
+    were deleted; run it from a periodic job to bound the tables.
+    """
+    store = middleware_for(broker or dramatiq.get_broker()).store
+    deleted = 0
+    while True:
+        # Small batches keep each transaction short on a busy table.
+        row = store.fetchone(
+            "purge_executions", older_than_s=older_than.total_seconds(), batch=PURGE_BATCH
+        )
+        count = int(row[0]) if row else 0
+        deleted += count
+        if count < PURGE_BATCH:
+            return deleted
 
 
 def get_execution(execution_id: str, *, broker: dramatiq.Broker | None = None) -> ExecutionInfo:

@@ -225,3 +225,16 @@ WITH target AS (
 )
 SELECT target.status, reopened.wake_seq, reopened.resume_message
   FROM target LEFT JOIN reopened ON true
+
+-- name: purge_executions
+-- One batch of ended executions older than the retention; steps and events go with them.
+WITH gone AS (
+    DELETE FROM {schema}.executions
+     WHERE id IN (SELECT id FROM {schema}.executions
+                   WHERE status IN ('completed', 'failed', 'cancelled', 'timed_out')
+                     AND finished_at < now() - %(older_than_s)s * interval '1 second'
+                   ORDER BY finished_at
+                   LIMIT %(batch)s)
+    RETURNING 1
+)
+SELECT count(*) FROM gone

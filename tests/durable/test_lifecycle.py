@@ -210,3 +210,25 @@ def test_a_start_inside_the_callers_transaction_commits_or_vanishes_with_it(
     with psycopg.connect(database_url) as conn, conn.transaction(), broker.transaction(conn):
         handle = zart.start(flow, 2, execution_id="committed")
     assert handle.result(timeout=15) == 4
+
+
+def test_purge_deletes_ended_executions_past_the_retention_only(
+    broker, worker, db, schema, cli
+) -> None:
+    @zart.durable
+    def flow(n: int) -> int:
+        if n:
+            zart.wait_for_event("never")
+        return zart.step("work", lambda: n)
+
+    done = zart.start(flow, 0, execution_id="done")
+    assert done.result(timeout=15) == 0
+    waiting = zart.start(flow, 1, execution_id="waiting")
+    wait_until(lambda: waiting.status() == "waiting", timeout=15, message="the wait")
+
+    assert zart.purge_executions(timedelta(hours=1)) == 0
+    assert "purged 1 ended executions" in cli.ok("executions", "purge", "--older-than", "0")
+    assert [e.id for e in zart.list_executions()] == ["waiting"]
+    # The purged execution's steps went with it; the waiting one's stay.
+    steps = sql.SQL("SELECT DISTINCT execution_id FROM {}.steps").format(sql.Identifier(schema))
+    assert db.execute(steps).fetchall() == [("waiting",)]
