@@ -249,10 +249,9 @@ class DurableMiddleware(dramatiq.Middleware):
             value = actor.fn(*loaded_args, **loaded_kwargs)
             run.ensure_active()  # the body swallowed a Suspended and returned
             data = dump(value, actor.return_annotation, what=f"the result of {actor.actor_name}")
-        except DeadlinePassed:
-            self._finish(run.execution_id, delivery, "timed_out", error=_timeout_error())
-            raise
-        except Stopped:
+        except Stopped as stop:
+            if isinstance(stop, DeadlinePassed):
+                self._finish(run.execution_id, delivery, "timed_out", error=_timeout_error())
             end_quietly(delivery)
             raise
         except BaseException as error:
