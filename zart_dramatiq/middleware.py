@@ -320,8 +320,10 @@ class DurableMiddleware(dramatiq.Middleware):
         if state is None:
             raise _stop(delivery, f"execution {execution_id!r} does not exist")
         status, wake_seq, owned, result = state
-        if status == "completed":
-            # A late duplicate of a finished execution returns the recorded result again.
+        if status == "completed" and not self.transport.atomic:
+            # Elsewhere a crash may have fallen between the completion and the ack:
+            # the redelivery hands the recorded result to Dramatiq (callbacks, pipelines).
+            # On broker_pg both commit together, so a delivery seeing it is a duplicate.
             return _Replay(result)
         if status in TERMINAL:
             raise _stop(delivery, f"execution {execution_id!r} already ended {status}")

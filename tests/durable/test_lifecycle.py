@@ -6,6 +6,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
+import dramatiq
 import psycopg
 import pytest
 from psycopg import sql
@@ -232,3 +233,24 @@ def test_purge_deletes_ended_executions_past_the_retention_only(
     # The purged execution's steps went with it; the waiting one's stay.
     steps = sql.SQL("SELECT DISTINCT execution_id FROM {}.steps").format(sql.Identifier(schema))
     assert db.execute(steps).fetchall() == [("waiting",)]
+
+
+def test_a_duplicate_delivery_of_a_completed_execution_triggers_nothing_more(
+    broker, worker
+) -> None:
+    successes: list[int] = []
+
+    @dramatiq.actor
+    def on_done(message: dict, result: int) -> None:
+        successes.append(result)
+
+    @zart.durable
+    def flow() -> int:
+        return 3
+
+    message = flow.send_with_options(on_success=on_done)
+    wait_until(lambda: successes == [3], timeout=15, message="the on_success callback")
+    broker.enqueue(message)  # the same message again, after the execution completed
+    broker.join(flow.queue_name)
+    broker.join(on_done.queue_name)
+    assert successes == [3]
