@@ -172,7 +172,7 @@ def send_event(
     Returns False when an event with the same ``key`` was already delivered
     (it is stored once). Raises UnknownExecution or ExecutionFinished.
     """
-    middleware = middleware_for(broker or dramatiq.get_broker())
+    middleware = _middleware(broker)
     store = middleware.store
     data = dump(payload, Any, what=f"the payload of event {name!r}")
     with store.transaction() as tx:
@@ -197,7 +197,7 @@ def cancel(execution_id: str, *, broker: dramatiq.Broker | None = None) -> str:
 
     The body stops at its next step boundary and any pending wake-up is removed.
     """
-    middleware = middleware_for(broker or dramatiq.get_broker())
+    middleware = _middleware(broker)
     store = middleware.store
     with store.transaction() as tx:
         row = store.run(tx, "cancel", id=execution_id)
@@ -216,7 +216,7 @@ def retry(execution_id: str, *, broker: dramatiq.Broker | None = None) -> None:
     execution runs again. Raises UnknownExecution, or ExecutionFinished if the
     execution has not ended or completed successfully.
     """
-    middleware = middleware_for(broker or dramatiq.get_broker())
+    middleware = _middleware(broker)
     store = middleware.store
     with store.transaction() as tx:
         row = store.run(tx, "retry_execution", id=execution_id)
@@ -238,7 +238,7 @@ def purge_executions(older_than: timedelta, *, broker: dramatiq.Broker | None = 
     Running, sleeping and waiting executions are never touched. Returns how many
     were deleted; run it from a periodic job to bound the tables.
     """
-    store = middleware_for(broker or dramatiq.get_broker()).store
+    store = _middleware(broker).store
     deleted = 0
     while True:
         # Small batches keep each transaction short on a busy table.
@@ -253,7 +253,7 @@ def purge_executions(older_than: timedelta, *, broker: dramatiq.Broker | None = 
 
 def get_execution(execution_id: str, *, broker: dramatiq.Broker | None = None) -> ExecutionInfo:
     """The execution's status, result or error, and its steps with attempts and timings."""
-    store = middleware_for(broker or dramatiq.get_broker()).store
+    store = _middleware(broker).store
     row = store.fetchone("get_execution", id=execution_id)
     if row is None:
         raise UnknownExecution(f"no execution has id {execution_id!r}")
@@ -265,7 +265,12 @@ def list_executions(
     status: str | None = None, *, limit: int = 50, broker: dramatiq.Broker | None = None
 ) -> list[ExecutionInfo]:
     """Executions, newest first, optionally only those in ``status``."""
-    store = middleware_for(broker or dramatiq.get_broker()).store
+    store = _middleware(broker).store
     return [
         ExecutionInfo(*row) for row in store.fetchall("list_executions", status=status, limit=limit)
     ]
+
+
+def _middleware(broker: dramatiq.Broker | None) -> DurableMiddleware:
+    """The durable middleware of ``broker``, by default the global broker's."""
+    return middleware_for(broker or dramatiq.get_broker())
