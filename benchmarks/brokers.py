@@ -13,7 +13,6 @@ import argparse
 import logging
 import os
 import platform
-import signal
 import sys
 import time
 from collections.abc import Callable
@@ -31,6 +30,7 @@ from benchmarks.channel import Channel, channel_url
 from benchmarks.options import comma_separated
 from benchmarks.report import BrokerResult, render, write_json
 from benchmarks.targets import ALL_TARGETS, Settings, Target, Unavailable, short
+from benchmarks.workers import exit_on_termination_signals
 
 T = TypeVar("T")
 NAMES = [t.name for t in ALL_TARGETS]
@@ -290,15 +290,6 @@ def notes(settings: Settings, targets: list[Target], load: tuple[float, float]) 
     return lines
 
 
-def install_signal_handlers() -> None:
-    def terminate(signum: int, _frame: Any) -> None:
-        # SystemExit unwinds through the `with` blocks that stop workers and flush queues.
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, terminate)
-    signal.signal(signal.SIGHUP, terminate)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     export_settings(args)
@@ -306,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     # Client libraries log every refused connection; the n/a row already says it once.
     for noisy in ("pika", "psycopg.pool", "dramatiq_pg"):
         logging.getLogger(noisy).setLevel(logging.CRITICAL)
-    install_signal_handlers()
+    exit_on_termination_signals()
     settings = settings_from(args)
     targets = selected(args.only, args.skip)
     channel = Channel()

@@ -17,7 +17,6 @@ import json
 import logging
 import os
 import platform
-import signal
 import subprocess
 import sys
 import time
@@ -805,21 +804,12 @@ def cleanup(settings: Settings) -> None:
             drop_database(settings, name)
 
 
-def install_signal_handlers() -> None:
-    def terminate(signum: int, _frame: Any) -> None:
-        # SystemExit unwinds through the `with` blocks that stop the workers.
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, terminate)
-    signal.signal(signal.SIGHUP, terminate)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("psycopg.pool", "dbos"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
-    install_signal_handlers()
+    workers.exit_on_termination_signals()
     settings = settings_from(args)
     try:
         results = run(settings, args.only or SECTIONS)

@@ -60,6 +60,16 @@ def stop_all() -> None:
 atexit.register(stop_all)
 
 
+def exit_on_termination_signals() -> None:
+    """Turn SIGTERM/SIGHUP into SystemExit, so `with` blocks stop workers and clean up."""
+
+    def terminate(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, terminate)
+    signal.signal(signal.SIGHUP, terminate)
+
+
 class WorkerProcess:
     """One `dramatiq --processes P --threads T module` run, logging to a temporary file."""
 
