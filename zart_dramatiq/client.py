@@ -159,6 +159,22 @@ def start(
     return ExecutionHandle(execution_id, middleware, actor)
 
 
+def get_handle(execution_id: str, *, broker: dramatiq.Broker | None = None) -> ExecutionHandle:
+    """A handle on an existing execution, to ask its status or wait for its result.
+
+    Raises UnknownExecution if no execution has this id. The result is typed by
+    the actor's return annotation when the actor is declared in this process.
+    """
+    middleware = _middleware(broker)
+    row = middleware.store.fetchone("execution_identity", id=execution_id)
+    if row is None:
+        raise UnknownExecution(f"no execution has id {execution_id!r}")
+    actor = middleware.broker.actors.get(row[1]) if middleware.broker is not None else None
+    return ExecutionHandle(
+        execution_id, middleware, actor if isinstance(actor, DurableActor) else None
+    )
+
+
 def send_event(
     execution_id: str,
     name: str,
