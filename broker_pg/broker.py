@@ -23,9 +23,12 @@ from dramatiq.errors import QueueJoinTimeout, QueueNotFound
 
 from .consumer import (
     DelayQueueConsumer,
+    Lease,
     PostgresConsumer,
     PostgresMessageProxy,
     QueueState,
+    Settlements,
+    settle,
 )
 from .database import DEFAULT_SCHEMA, Database, channel_name, unreachable
 from .encoding import encode_message
@@ -49,6 +52,17 @@ class DeadLetter:
     error: str | None
     dead_at: Any
     message: Message[Any] | None
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What one claim round returns: the leased rows and when to look again."""
+
+    rows: list[tuple[int, int, int, Any, bytes]]
+    #: The identity the rows are leased to.
+    owner: uuid.UUID
+    #: Seconds until the queue's next delayed message is due, if fewer were due than asked.
+    due_in: float | None
 
 
 @dataclass
@@ -88,8 +102,11 @@ class PostgresBroker(dramatiq.Broker):
       pool_size: connections per process, shared by consumers, acks and enqueues.
         A consuming process uses ``pool_size + 1`` connections (one LISTENs).
       lease_timeout: seconds without a heartbeat after which a worker is presumed
-        lost and its messages are delivered again. A worker whose database
-        session ends is presumed lost at once.
+        lost and its messages are delivered again (durable executions it runs
+        are taken over after the same time). A worker whose database session
+        ended and that did not reconnect within a few heartbeats is presumed
+        lost sooner; if it was alive after all, it continues under a new
+        identity and its late acks are refused.
       heartbeat_interval: seconds between heartbeats (and lost-worker checks).
       max_deliveries: deliveries lost to dead workers after which a message is
         dead-lettered instead of delivered again.
@@ -126,7 +143,9 @@ class PostgresBroker(dramatiq.Broker):
         self.poll_interval = poll_interval
         self.fail_fast_default = fail_fast_default
         self.queues: set[str] = set()
-        self.presence = WorkerPresence(self.queries, lease_timeout=lease_timeout)
+        self.presence = WorkerPresence(
+            self.queries, lease_timeout=lease_timeout, heartbeat_interval=heartbeat_interval
+        )
         self.maintenance = Maintenance(
             self.db,
             self.queries,
@@ -311,7 +330,8 @@ class PostgresBroker(dramatiq.Broker):
             return self._states.setdefault(queue_name, QueueState())
 
     @property
-    def worker_id(self) -> Any:
+    def worker_id(self) -> uuid.UUID:
+        """The identity this process claims under now (it changes if presumed lost)."""
         return self.presence.worker_id
 
     def _ensure_listening(self) -> None:
@@ -322,7 +342,7 @@ class PostgresBroker(dramatiq.Broker):
                 self._pid = os.getpid()
                 self._listener = None
                 self._states = {}
-                self.presence.worker_id = uuid.uuid4()
+                self.presence.forked()
             if self._listener is None:
                 self._listener = Listener(
                     self.db,
@@ -348,7 +368,7 @@ class PostgresBroker(dramatiq.Broker):
         self.maintenance.run(conn)
 
     def _on_listener_connect(self, conn: psycopg.Connection) -> None:
-        self.presence.register(conn)
+        self.presence.connect(conn)
         # Messages of workers lost while this one was away come back at once.
         self.presence.beat(conn)
         self.maintenance.recover_lost_messages(conn)
@@ -356,27 +376,49 @@ class PostgresBroker(dramatiq.Broker):
         for state in list(self._states.values()):
             state.wake()
 
-    def ack_and_claim(
-        self, queue_name: str, acks: list[tuple[int, int]], limit: int
-    ) -> tuple[list[tuple[Any, ...]], float | None]:
-        """Settle ``acks`` and lease up to ``limit`` due messages of ``queue_name``.
-
-        Returns the claimed rows and, when fewer than ``limit`` were due, the
-        seconds until the next delayed message of the queue is due (or None).
-        """
+    def settle_and_claim(
+        self, queue_name: str, settlements: Settlements, limit: int, claim_token: uuid.UUID
+    ) -> Claim:
+        """Settle leases let go of and lease up to ``limit`` due messages of ``queue_name``."""
+        owner = self.worker_id
         params = {
-            "ack_ids": [a[0] for a in acks],
-            "ack_deliveries": [a[1] for a in acks],
-            "worker_id": self.worker_id,
+            **_lease_arrays("ack", settlements.acks),
+            **_lease_arrays("back", settlements.hand_backs),
+            "worker_id": owner,
+            "claim_token": claim_token,
             "queue_name": queue_name,
             "limit": limit,
+            "channel": self.channel,
         }
         with self.db.connection() as conn:
-            rows = conn.execute(self.queries["ack_and_claim"], params).fetchall()
-        if rows and rows[-1][0] is None:
-            due_in = rows.pop()[5]
-            return rows, None if due_in is None else max(due_in, 0.0)
-        return rows, None
+            rows = conn.execute(self.queries["settle_and_claim"], params).fetchall()
+        *claimed, (*_, due_in, registered) = rows
+        if not registered:
+            # Presumed lost: the listener takes a new identity within a heartbeat.
+            due_in = self.heartbeat_interval
+        return Claim(
+            rows=[row[:5] for row in claimed],
+            owner=owner,
+            due_in=None if due_in is None else max(due_in, 0.0),
+        )
+
+    def return_lost_claim(self, claim_token: uuid.UUID) -> None:
+        """Hand back the rows of a claim round whose reply was lost."""
+        with self.db.connection() as conn:
+            conn.execute(
+                self.queries["return_lost_claim"],
+                {"worker_id": self.worker_id, "claim_token": claim_token, "channel": self.channel},
+            )
+
+    def hand_back(self, message: MessageProxy) -> None:
+        """Return a delivered message to its queue instead of acking it.
+
+        For a delivery whose outcome could not be recorded (the database was
+        unreachable): the row stays leased until the database answers again,
+        then it is due at once. The Worker's own ack of it becomes a no-op.
+        """
+        if isinstance(message, PostgresMessageProxy) and settle(message):
+            self.queue_state(q_name(message.queue_name)).buffer_hand_back(Lease.of(message))
 
     def ack_within(self, connection: psycopg.Connection, message: MessageProxy) -> None:
         """Ack ``message`` inside the caller's transaction on ``connection``.
@@ -390,7 +432,7 @@ class PostgresBroker(dramatiq.Broker):
             return
         connection.execute(
             self.queries["ack"],
-            {"id": message.row_id, "deliveries": message.delivery, "worker_id": self.worker_id},
+            {"id": message.row_id, "deliveries": message.delivery, "owner": message.owner},
         )
 
     def dead_letter(self, message: PostgresMessageProxy) -> None:
@@ -409,25 +451,29 @@ class PostgresBroker(dramatiq.Broker):
                 {
                     "id": message.row_id,
                     "deliveries": message.delivery,
-                    "worker_id": self.worker_id,
+                    "owner": message.owner,
                     "payload": encode_message(message._message),
                     "error": description,
                 },
             )
 
-    def bury_undecodable(self, row_id: int, error: str) -> None:
+    def bury_undecodable(self, lease: Lease, error: str) -> None:
         with self.db.connection() as conn:
             conn.execute(
                 self.queries["dead_letter_undecodable"],
-                {"id": row_id, "worker_id": self.worker_id, "error": error},
+                {
+                    "id": lease.row_id,
+                    "deliveries": lease.delivery,
+                    "owner": lease.owner,
+                    "error": error,
+                },
             )
 
-    def requeue(self, row_ids: list[int]) -> None:
+    def requeue(self, leases: list[Lease]) -> None:
         """Hand claimed, unstarted messages back to their queues at once."""
         with self.db.connection() as conn:
             conn.execute(
-                self.queries["requeue"],
-                {"ids": row_ids, "worker_id": self.worker_id, "channel": self.channel},
+                self.queries["requeue"], {**_lease_arrays("", leases), "channel": self.channel}
             )
 
     # -- Dead letters ------------------------------------------------------
@@ -547,6 +593,16 @@ class PostgresBroker(dramatiq.Broker):
             except Exception:
                 logger.warning("Could not unregister worker %s.", self.worker_id, exc_info=True)
         self.db.close()
+
+
+def _lease_arrays(prefix: str, leases: list[Lease]) -> dict[str, list[Any]]:
+    """Leases as the parallel arrays the queries unnest (``ack_ids``, ``ack_deliveries``...)."""
+    key = f"{prefix}_" if prefix else ""
+    return {
+        f"{key}ids": [lease.row_id for lease in leases],
+        f"{key}deliveries": [lease.delivery for lease in leases],
+        f"{key}owners": [lease.owner for lease in leases],
+    }
 
 
 def _one(cursor: psycopg.Cursor[Any]) -> Any:

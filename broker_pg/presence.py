@@ -1,9 +1,10 @@
-"""Worker presence: the row that holds a process's leases, and lease recovery.
+"""Worker presence: the row that holds a process's leases, kept alive by heartbeats.
 
-Claimed messages are leased to a worker row, not renewed one by one. The row
-is kept alive by a heartbeat; a worker whose session has ended or whose
-heartbeat is older than the lease timeout is lost, and every live worker
-returns the lost worker's messages to their queues.
+Claimed messages are leased to a worker row, not renewed one by one. A worker
+is lost once its heartbeat is older than its lease; a session that ended only
+shortens that wait (see ``reap_lost_workers``). Being presumed lost is safe
+for a worker that is in fact alive: it takes a new identity, and its leases
+under the old one are refused (acks, claims, durable checkpoints).
 """
 
 from __future__ import annotations
@@ -21,34 +22,67 @@ logger = logging.getLogger(__name__)
 
 
 class WorkerPresence:
-    """This process's worker row, kept alive by ``beat``; lost workers' rows are reaped."""
+    """This process's worker row, kept alive by ``beat``; lost workers' rows are reaped.
 
-    def __init__(self, queries: Queries, *, lease_timeout: float) -> None:
+    ``worker_id`` is the identity claims are made under. It changes when the
+    row turns out to have been reaped: the old identity is never used again.
+    """
+
+    def __init__(
+        self, queries: Queries, *, lease_timeout: float, heartbeat_interval: float
+    ) -> None:
         self.worker_id = uuid.uuid4()
         self.queries = queries
         self.lease_timeout = lease_timeout
+        #: How long a worker whose session ended has to reconnect before it is
+        #: presumed dead: a few heartbeats, at least two seconds.
+        self.session_grace = min(max(2.0, 3 * heartbeat_interval), lease_timeout)
+        self._registered = False
 
-    def register(self, conn: psycopg.Connection) -> None:
-        """(Re)register on ``conn``, whose session then stands for this process."""
+    def connect(self, conn: psycopg.Connection) -> None:
+        """Stand for this process on ``conn``: a new session, same identity unless it was reaped."""
+        if self._registered:
+            row = conn.execute(
+                self.queries["reconnect_worker"], {"worker_id": self.worker_id}
+            ).fetchone()
+            if row is not None:
+                return
+            self._renew_identity()
         conn.execute(
             self.queries["register_worker"],
-            {"worker_id": self.worker_id, "hostname": socket.gethostname(), "pid": os.getpid()},
+            {
+                "worker_id": self.worker_id,
+                "hostname": socket.gethostname(),
+                "pid": os.getpid(),
+                "lease_timeout": self.lease_timeout,
+            },
         )
+        self._registered = True
 
     def beat(self, conn: psycopg.Connection) -> None:
         """Renew this worker's leases, then reap the rows of lost workers."""
         alive = conn.execute(self.queries["heartbeat"], {"worker_id": self.worker_id}).fetchone()
         if alive is None:
-            # Declared lost (a long stall): our messages went back to their queues,
-            # and acks of our old leases will match nothing. Carry on as a new lease holder.
-            logger.warning("Worker %s was presumed lost; registering again.", self.worker_id)
-            self.register(conn)
+            self._renew_identity()
+            self.connect(conn)
         lost = conn.execute(
-            self.queries["reap_lost_workers"], {"lease_timeout": self.lease_timeout}
+            self.queries["reap_lost_workers"], {"grace": self.session_grace}
         ).fetchall()
         if lost:
             logger.info("Workers presumed lost: %s.", [str(row[0]) for row in lost])
 
+    def forked(self) -> None:
+        """In a forked child: the parent's row is not this process's."""
+        self.worker_id = uuid.uuid4()
+        self._registered = False
+
     def unregister(self, conn: psycopg.Connection) -> None:
         """Leave; whatever this worker still holds is recovered by the others."""
         conn.execute(self.queries["unregister_worker"], {"worker_id": self.worker_id})
+
+    def _renew_identity(self) -> None:
+        # Presumed lost (a stall or a cut connection): our messages went back to
+        # their queues and our late settlements match nothing. Carry on as a new worker.
+        old, self.worker_id = self.worker_id, uuid.uuid4()
+        self._registered = False
+        logger.warning("Worker %s was presumed lost; continuing as %s.", old, self.worker_id)

@@ -2,10 +2,12 @@
 
 -- name: enqueue
 -- One message; the NOTIFY is sent on commit, so a rolled-back enqueue wakes nobody.
+-- Due times use statement_timestamp(): inside a caller's long transaction, now()
+-- is that transaction's start and would make delays come out early.
 WITH inserted AS (
     INSERT INTO {schema}.messages (queue_name, message_id, actor_name, state, priority, eta, payload)
     VALUES (%(queue_name)s, %(message_id)s, %(actor_name)s, %(state)s, %(priority)s,
-            now() + %(delay_ms)s * interval '1 millisecond', %(payload)s)
+            statement_timestamp() + %(delay_ms)s * interval '1 millisecond', %(payload)s)
     RETURNING id
 )
 SELECT id, pg_notify(%(channel)s, %(queue_name)s) FROM inserted
@@ -14,7 +16,7 @@ SELECT id, pg_notify(%(channel)s, %(queue_name)s) FROM inserted
 WITH inserted AS (
     INSERT INTO {schema}.messages (queue_name, message_id, actor_name, state, priority, eta, payload)
     SELECT queue_name, message_id, actor_name, 'queued', priority,
-           now() + delay_ms * interval '1 millisecond', payload
+           statement_timestamp() + delay_ms * interval '1 millisecond', payload
       FROM unnest(%(queue_names)s::text[], %(message_ids)s::text[], %(actor_names)s::text[],
                   %(priorities)s::int[], %(delays_ms)s::bigint[], %(payloads)s::bytea[])
            AS batch (queue_name, message_id, actor_name, priority, delay_ms, payload)
@@ -22,44 +24,77 @@ WITH inserted AS (
 )
 SELECT pg_notify(%(channel)s, queue_name) FROM (SELECT DISTINCT queue_name FROM inserted) AS queues
 
--- name: ack_and_claim
--- Settles the acks buffered since the last call, then leases up to %(limit)s due
--- messages. A lease is (id, deliveries, lease_owner): a stale ack matches nothing.
--- When fewer than %(limit)s were due, a last row (id NULL) tells how many seconds
--- until the queue's next delayed message is due, so the consumer sleeps until then.
+-- name: settle_and_claim
+-- Settles the leases this process let go of since the last call (acks delete,
+-- hand-backs return the row to its queue), then leases up to %(limit)s due
+-- messages to %(worker_id)s under %(claim_token)s. A lease is (id, deliveries,
+-- lease_owner): a stale settlement matches nothing. Nothing is claimed unless
+-- the worker row exists: a worker presumed lost must not claim under its old
+-- identity, and the row lock keeps it from being reaped mid-claim.
+-- A last row (id NULL) tells whether the worker row exists and, when fewer
+-- than %(limit)s were due, how many seconds until the queue's next delayed message.
 WITH acked AS (
     DELETE FROM {schema}.messages AS m
-     USING unnest(%(ack_ids)s::bigint[], %(ack_deliveries)s::int[]) AS a (id, deliveries)
-     WHERE m.id = a.id AND m.deliveries = a.deliveries AND m.lease_owner = %(worker_id)s
+     USING unnest(%(ack_ids)s::bigint[], %(ack_deliveries)s::int[], %(ack_owners)s::uuid[])
+           AS a (id, deliveries, owner)
+     WHERE m.id = a.id AND m.deliveries = a.deliveries AND m.lease_owner = a.owner
+), handed_back AS (
+    UPDATE {schema}.messages AS m
+       SET state = 'queued', lease_owner = NULL, claimed_at = NULL, claim_token = NULL,
+           deliveries = m.deliveries - 1, eta = statement_timestamp()
+      FROM unnest(%(back_ids)s::bigint[], %(back_deliveries)s::int[], %(back_owners)s::uuid[])
+           AS b (id, deliveries, owner)
+     WHERE m.id = b.id AND m.deliveries = b.deliveries AND m.lease_owner = b.owner
+       AND m.state = 'claimed'
+    RETURNING m.queue_name
+), me AS (
+    SELECT id FROM {schema}.workers WHERE id = %(worker_id)s FOR KEY SHARE
 ), due AS (
     SELECT id FROM {schema}.messages
      WHERE queue_name = %(queue_name)s AND state = 'queued' AND eta <= now()
+       AND EXISTS (SELECT 1 FROM me)
      ORDER BY priority, eta, id
      LIMIT %(limit)s
        FOR UPDATE SKIP LOCKED
 ), claimed AS (
     UPDATE {schema}.messages AS m
        SET state = 'claimed', lease_owner = %(worker_id)s, deliveries = m.deliveries + 1,
-           claimed_at = now()
+           claimed_at = now(), claim_token = %(claim_token)s
       FROM due
      WHERE m.id = due.id
     RETURNING m.id, m.deliveries, m.priority, m.eta, m.payload
 )
-SELECT id, deliveries, priority, eta, payload, NULL::float8 FROM claimed
+SELECT id, deliveries, priority, eta, payload, NULL::float8, NULL::bool FROM claimed
 UNION ALL
-SELECT NULL, NULL, NULL, NULL, NULL, extract(epoch FROM min(eta) - now())::float8
-  FROM {schema}.messages
- WHERE queue_name = %(queue_name)s AND state = 'queued' AND eta > now()
-   AND (SELECT count(*) FROM claimed) < %(limit)s
+SELECT NULL, NULL, NULL, NULL, NULL,
+       (SELECT extract(epoch FROM min(eta) - now())::float8
+          FROM {schema}.messages
+         WHERE queue_name = %(queue_name)s AND state = 'queued' AND eta > now()
+           AND (SELECT count(*) FROM claimed) < %(limit)s),
+       EXISTS (SELECT 1 FROM me)
+  FROM (SELECT count(pg_notify(%(channel)s, q))
+          FROM (SELECT DISTINCT queue_name AS q FROM handed_back) AS queues) AS notified
+
+-- name: return_lost_claim
+-- A claim whose reply never arrived: its rows are leased to this live worker
+-- but were never handed out. They go back to the queue, delivery not counted.
+WITH returned AS (
+    UPDATE {schema}.messages
+       SET state = 'queued', lease_owner = NULL, claimed_at = NULL, claim_token = NULL,
+           deliveries = deliveries - 1
+     WHERE lease_owner = %(worker_id)s AND state = 'claimed' AND claim_token = %(claim_token)s
+    RETURNING queue_name
+)
+SELECT pg_notify(%(channel)s, queue_name) FROM (SELECT DISTINCT queue_name FROM returned) AS queues
 
 -- name: ack
 DELETE FROM {schema}.messages
- WHERE id = %(id)s AND deliveries = %(deliveries)s AND lease_owner = %(worker_id)s
+ WHERE id = %(id)s AND deliveries = %(deliveries)s AND lease_owner = %(owner)s
 
 -- name: dead_letter
 WITH gone AS (
     DELETE FROM {schema}.messages
-     WHERE id = %(id)s AND deliveries = %(deliveries)s AND lease_owner = %(worker_id)s
+     WHERE id = %(id)s AND deliveries = %(deliveries)s AND lease_owner = %(owner)s
     RETURNING id, queue_name, message_id, actor_name, priority, deliveries, enqueued_at
 )
 INSERT INTO {schema}.dead_letters
@@ -69,7 +104,8 @@ SELECT id, queue_name, message_id, actor_name, priority, %(payload)s, deliveries
 
 -- name: dead_letter_undecodable
 WITH gone AS (
-    DELETE FROM {schema}.messages WHERE id = %(id)s AND lease_owner = %(worker_id)s
+    DELETE FROM {schema}.messages
+     WHERE id = %(id)s AND deliveries = %(deliveries)s AND lease_owner = %(owner)s
     RETURNING *
 )
 INSERT INTO {schema}.dead_letters
@@ -80,10 +116,14 @@ SELECT id, queue_name, message_id, actor_name, priority, payload, deliveries, en
 -- name: requeue
 -- Hands unstarted messages back at once; a hand-back is not a failed delivery.
 WITH returned AS (
-    UPDATE {schema}.messages
-       SET state = 'queued', lease_owner = NULL, claimed_at = NULL, deliveries = deliveries - 1
-     WHERE id = ANY(%(ids)s) AND lease_owner = %(worker_id)s AND state = 'claimed'
-    RETURNING queue_name
+    UPDATE {schema}.messages AS m
+       SET state = 'queued', lease_owner = NULL, claimed_at = NULL, claim_token = NULL,
+           deliveries = m.deliveries - 1
+      FROM unnest(%(ids)s::bigint[], %(deliveries)s::int[], %(owners)s::uuid[])
+           AS r (id, deliveries, owner)
+     WHERE m.id = r.id AND m.deliveries = r.deliveries AND m.lease_owner = r.owner
+       AND m.state = 'claimed'
+    RETURNING m.queue_name
 )
 SELECT pg_notify(%(channel)s, queue_name) FROM (SELECT DISTINCT queue_name FROM returned) AS queues
 
@@ -98,9 +138,18 @@ DELETE FROM {schema}.messages WHERE queue_name = ANY(%(queue_names)s)
 DELETE FROM {schema}.dead_letters WHERE queue_name = ANY(%(queue_names)s)
 
 -- name: register_worker
-INSERT INTO {schema}.workers (id, hostname, pid, backend_pid)
-VALUES (%(worker_id)s, %(hostname)s, %(pid)s, pg_backend_pid())
-ON CONFLICT (id) DO UPDATE SET backend_pid = excluded.backend_pid, heartbeat_at = now()
+-- A new identity: a worker whose row was reaped never comes back under its old id.
+INSERT INTO {schema}.workers (id, hostname, pid, backend_pid, lease_timeout, server_started_at)
+VALUES (%(worker_id)s, %(hostname)s, %(pid)s, pg_backend_pid(), %(lease_timeout)s,
+        pg_postmaster_start_time())
+
+-- name: reconnect_worker
+-- The same worker on a new session (a reconnect). No row: it was presumed lost.
+UPDATE {schema}.workers
+   SET backend_pid = pg_backend_pid(), server_started_at = pg_postmaster_start_time(),
+       heartbeat_at = now()
+ WHERE id = %(worker_id)s
+RETURNING id
 
 -- name: heartbeat
 UPDATE {schema}.workers SET heartbeat_at = now() WHERE id = %(worker_id)s RETURNING id
@@ -109,11 +158,17 @@ UPDATE {schema}.workers SET heartbeat_at = now() WHERE id = %(worker_id)s RETURN
 DELETE FROM {schema}.workers WHERE id = %(worker_id)s
 
 -- name: reap_lost_workers
--- A worker is lost when its listener session has ended (it died) or it stopped
--- heartbeating (it hangs or is cut off).
+-- A worker is lost once its heartbeat is older than its own lease. Time the
+-- server itself was down does not count: after a restart every worker has a
+-- whole lease to come back. A session that ended shortens the wait to
+-- %(grace)s seconds, but only within the same server incarnation (a restart
+-- ends every session) and only once the worker failed to reconnect meanwhile.
 DELETE FROM {schema}.workers AS w
- WHERE w.heartbeat_at < now() - %(lease_timeout)s * interval '1 second'
-    OR NOT EXISTS (SELECT 1 FROM pg_stat_activity AS a WHERE a.pid = w.backend_pid)
+ WHERE greatest(w.heartbeat_at, pg_postmaster_start_time())
+           < now() - w.lease_timeout * interval '1 second'
+    OR (w.server_started_at = pg_postmaster_start_time()
+        AND w.heartbeat_at < now() - %(grace)s * interval '1 second'
+        AND NOT EXISTS (SELECT 1 FROM pg_stat_activity AS a WHERE a.pid = w.backend_pid))
 RETURNING w.id
 
 -- name: recover_lost_messages
@@ -135,7 +190,8 @@ WITH orphans AS (
            format('its worker was lost on each of %%s deliveries', deliveries)
       FROM poisoned
 ), returned AS (
-    UPDATE {schema}.messages AS m SET state = 'queued', lease_owner = NULL, claimed_at = NULL
+    UPDATE {schema}.messages AS m
+       SET state = 'queued', lease_owner = NULL, claimed_at = NULL, claim_token = NULL
       FROM orphans
      WHERE m.id = orphans.id AND orphans.deliveries < %(max_deliveries)s
     RETURNING m.queue_name
@@ -188,7 +244,7 @@ SELECT count(*), array_agg(DISTINCT queue_name) FROM purged
 -- name: store_result
 WITH stored AS (
     INSERT INTO {schema}.results (key, value, expires_at)
-    VALUES (%(key)s, %(value)s, now() + %(ttl_ms)s * interval '1 millisecond')
+    VALUES (%(key)s, %(value)s, statement_timestamp() + %(ttl_ms)s * interval '1 millisecond')
     ON CONFLICT (key) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at
     RETURNING key
 )
@@ -199,7 +255,7 @@ SELECT value FROM {schema}.results WHERE key = %(key)s AND expires_at > now()
 
 -- name: wake
 WITH woken AS (
-    UPDATE {schema}.messages SET state = 'queued', eta = now()
+    UPDATE {schema}.messages SET state = 'queued', eta = statement_timestamp()
      WHERE id = %(id)s AND state IN ('queued', 'parked')
     RETURNING queue_name
 )

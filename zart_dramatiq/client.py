@@ -13,6 +13,7 @@ from psycopg import sql
 
 from broker_pg.database import connect
 
+from . import lifecycle
 from .actor import DurableActor
 from .errors import (
     ExecutionConflict,
@@ -21,8 +22,9 @@ from .errors import (
     ResultTimeout,
     UnknownExecution,
 )
-from .middleware import TERMINAL, DurableMiddleware, middleware_for
-from .run import EXECUTION_ID, SEQ
+from .lifecycle import TERMINAL
+from .middleware import DurableMiddleware, middleware_for
+from .run import EXECUTION_ID, SEQ, continuation
 from .serialization import dump, input_hash, load
 from .store import RESULT_WAITER
 
@@ -129,13 +131,13 @@ def start(
     store = middleware.store
     message = actor.message_with_options(args=args, kwargs=kwargs)
     execution_id = execution_id or message.message_id
-    message = message.copy(options={EXECUTION_ID: execution_id, SEQ: 0})
+    message = continuation(message, **{EXECUTION_ID: execution_id, SEQ: 0})
     digest = input_hash(list(message.args), message.kwargs)
     with store.transaction() as tx:
-        created = store.run(
+        created = lifecycle.create(
+            store,
             tx,
-            "insert_execution",
-            id=execution_id,
+            execution_id,
             actor_name=actor.actor_name,
             queue_name=actor.queue_name,
             input_hash=digest,
@@ -145,7 +147,7 @@ def start(
             else actor.durable_timeout.total_seconds(),
             message=message.encode(),
         )
-        if created is None:
+        if not created:
             existing = store.run(tx, "execution_identity", id=execution_id)
             assert existing is not None
             if existing[0] != digest or existing[1] != actor.actor_name:
@@ -186,7 +188,9 @@ def send_event(
     """Deliver event ``name`` to an execution's inbox and wake it if it waits for it.
 
     Returns False when an event with the same ``key`` was already delivered
-    (it is stored once). Raises UnknownExecution or ExecutionFinished.
+    (it is stored once). Raises UnknownExecution, or ExecutionFinished if the
+    execution ended — except a failed one, whose inbox still takes events: a
+    corrected event followed by ``retry`` resumes it.
     """
     middleware = _middleware(broker)
     store = middleware.store
@@ -198,7 +202,7 @@ def send_event(
                 f"cannot send event {name!r}: no execution has id {execution_id!r}"
             )
         status, waiting_for, wake_message, _seq, resume_message = row
-        if status in TERMINAL:
+        if status in TERMINAL and status != lifecycle.FAILED:
             raise ExecutionFinished(
                 f"cannot send event {name!r}: execution {execution_id!r} already ended {status}"
             )
@@ -211,41 +215,45 @@ def send_event(
 def cancel(execution_id: str, *, broker: dramatiq.Broker | None = None) -> str:
     """Cancel an execution; return its status before (a finished one stays as it was).
 
-    The body stops at its next step boundary and any pending wake-up is removed.
+    A running body is refused at its next checkpoint (or when it returns) and
+    records nothing more; any pending wake-up is removed.
     """
     middleware = _middleware(broker)
     store = middleware.store
     with store.transaction() as tx:
-        row = store.run(tx, "cancel", id=execution_id)
-        if row is None:
+        cancelled = lifecycle.cancel(store, tx, execution_id)
+        if cancelled is None:
             raise UnknownExecution(f"cannot cancel: no execution has id {execution_id!r}")
-        previous, wake_message, _ = row
+        previous, wake_message = cancelled
         if previous not in TERMINAL:
             middleware.transport.discard(tx, wake_message)
-    return str(previous)
+    return previous
 
 
 def retry(execution_id: str, *, broker: dramatiq.Broker | None = None) -> None:
     """Run a failed, cancelled or timed-out execution again from where it stopped.
 
     Completed steps keep their results; the step whose error failed the
-    execution runs again. Raises UnknownExecution, or ExecutionFinished if the
-    execution has not ended or completed successfully.
+    execution runs again. A cancelled body still running finishes its current
+    step first: the new run starts once it has stopped. Raises
+    UnknownExecution, or ExecutionFinished if the execution has not ended or
+    completed successfully.
     """
     middleware = _middleware(broker)
     store = middleware.store
     with store.transaction() as tx:
-        row = store.run(tx, "retry_execution", id=execution_id)
-        if row is None:
+        reopened = lifecycle.reopen(store, tx, execution_id)
+        if reopened is None:
             raise UnknownExecution(f"cannot retry: no execution has id {execution_id!r}")
-        status, seq, resume_message = row
-        if seq is None:
+        if reopened.seq is None or reopened.message is None:
             raise ExecutionFinished(
-                f"cannot retry execution {execution_id!r}: it is {status}; only failed, "
-                "cancelled or timed-out executions can be retried"
+                f"cannot retry execution {execution_id!r}: it is {reopened.previous}; only "
+                "failed, cancelled or timed-out executions can be retried"
             )
-        message = dramatiq.Message.decode(resume_message)
-        middleware.transport.send(tx, message.copy(options={SEQ: seq}), 0)
+        message = dramatiq.Message.decode(reopened.message)
+        # Dramatiq's retry count starts afresh: this is a new attempt by request.
+        options = {SEQ: reopened.seq, "retries": 0}
+        middleware.transport.send(tx, continuation(message, **options), 0)
 
 
 def purge_executions(older_than: timedelta, *, broker: dramatiq.Broker | None = None) -> int:

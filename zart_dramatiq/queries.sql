@@ -4,7 +4,7 @@
 INSERT INTO {schema}.executions
        (id, actor_name, queue_name, input_hash, input, deadline, resume_message)
 VALUES (%(id)s, %(actor_name)s, %(queue_name)s, %(input_hash)s, %(input)s,
-        now() + %(timeout_s)s * interval '1 second', %(message)s)
+        statement_timestamp() + %(timeout_s)s * interval '1 second', %(message)s)
 ON CONFLICT (id) DO NOTHING
 RETURNING id
 
@@ -12,66 +12,84 @@ RETURNING id
 SELECT input_hash, actor_name, status FROM {schema}.executions WHERE id = %(id)s
 
 -- name: acquire
--- Takes the body of an execution for one run, unless it is finished, the
--- delivery is stale, or a live worker runs it. Returns the whole journal.
+-- Takes the execution for a new run and returns its whole journal. The run
+-- counter it bumps is the run's fencing token: every later write of the run
+-- names it and is refused once another run has taken over. A run held by a
+-- worker whose row is gone (presumed lost) may be taken over; one held by
+-- this worker is taken only when the caller knows no run of it is active here.
 UPDATE {schema}.executions AS e
    SET status = 'running', run_owner = %(worker_id)s, runs = e.runs + 1, updated_at = now(),
        waiting_for = NULL, wake_message = NULL
- WHERE e.id = %(id)s AND e.wake_seq = %(seq)s
-   AND e.status IN ('pending', 'running', 'sleeping', 'waiting', 'retrying')
-   AND (e.run_owner IS NULL OR NOT EXISTS (
-        SELECT 1 FROM {schema}.workers AS w
-         WHERE w.id = e.run_owner
-           AND w.heartbeat_at > now() - %(lease_timeout)s * interval '1 second'
-           AND EXISTS (SELECT 1 FROM pg_stat_activity AS a WHERE a.pid = w.backend_pid)))
-RETURNING e.deadline IS NOT NULL AND e.deadline <= now() AS expired,
+ WHERE e.id = %(id)s AND e.wake_seq = %(seq)s AND e.status = ANY(%(sources)s)
+   AND (e.run_owner IS NULL OR e.run_owner = %(worker_id)s
+        OR NOT EXISTS (SELECT 1 FROM {schema}.workers AS w WHERE w.id = e.run_owner))
+RETURNING e.runs,
+          e.deadline IS NOT NULL AND e.deadline <= statement_timestamp() AS expired,
           (SELECT coalesce(jsonb_agg(jsonb_build_object(
                       'key', s.step_key, 'kind', s.kind, 'fn', s.fn, 'status', s.status,
                       'result', s.result, 'error', s.error, 'attempts', s.attempts,
-                      'started_at', s.started_at, 'wake_at', s.wake_at,
-                      'due', s.wake_at IS NOT NULL AND s.wake_at <= now())), '[]'::jsonb)
+                      'elapsed_s', extract(epoch FROM statement_timestamp() - s.started_at),
+                      'due', s.wake_at IS NOT NULL AND s.wake_at <= statement_timestamp())),
+                  '[]'::jsonb)
              FROM {schema}.steps AS s WHERE s.execution_id = e.id) AS journal
 
 -- name: delivery_outcome
--- Why acquire refused: the execution's state as a delivery sees it.
-SELECT status, wake_seq, run_owner IS NOT NULL, result
+-- Why acquire refused: the execution as a delivery sees it.
+SELECT status, wake_seq, run_owner IS NOT NULL, result, finished_by
   FROM {schema}.executions WHERE id = %(id)s
 
+-- name: fence_state
+-- Whether a run's refused write was in fact its own earlier commit (a lost reply).
+SELECT status, runs FROM {schema}.executions WHERE id = %(id)s
+
 -- name: record_steps
--- Writes step outcomes (one per execution) if each writer still runs its
--- execution, and tells each body whether to go on: it may have been cancelled
--- or timed out meanwhile. Rows come back in input order.
+-- Writes step outcomes, each only while its run is the execution's current one
+-- (same token, still running, or cancelled while the step ran: the step did
+-- happen; the row lock orders it against takeovers and cancels). A step row that reached a final state is never rewritten: a late
+-- write gets the recorded outcome back, and the body goes on with that.
+-- Rows come back in input order.
 WITH batch AS (
     SELECT *
-      FROM unnest(%(ids)s::text[], %(worker_ids)s::uuid[], %(keys)s::text[], %(kinds)s::text[],
+      FROM unnest(%(ids)s::text[], %(tokens)s::int[], %(keys)s::text[], %(kinds)s::text[],
                   %(names)s::text[], %(fns)s::text[], %(statuses)s::text[], %(results)s::jsonb[],
                   %(errors)s::jsonb[], %(attempts)s::int[], %(durations_ms)s::float8[],
                   %(wake_ins_s)s::float8[])
            WITH ORDINALITY
-           AS b (id, worker_id, key, kind, name, fn, status, result, error, attempts,
+           AS b (id, token, key, kind, name, fn, status, result, error, attempts,
                  duration_ms, wake_in_s, n)
-), owner AS (
-    SELECT b.n, e.status, e.deadline IS NOT NULL AND e.deadline <= now() AS expired
+), fence AS (
+    SELECT b.n, e.deadline IS NOT NULL AND e.deadline <= statement_timestamp() AS expired
       FROM batch AS b
-      JOIN {schema}.executions AS e ON e.id = b.id AND e.run_owner = b.worker_id
+      JOIN {schema}.executions AS e
+        ON e.id = b.id AND e.runs = b.token AND e.status IN ('running', 'cancelled')
+       FOR SHARE OF e
 ), saved AS (
-    INSERT INTO {schema}.steps
+    INSERT INTO {schema}.steps AS s
            (execution_id, step_key, kind, name, fn, status, result, error, attempts,
             started_at, finished_at, wake_at)
     SELECT b.id, b.key, b.kind, b.name, b.fn, b.status, b.result, b.error, b.attempts,
-           now() - b.duration_ms * interval '1 millisecond',
-           CASE WHEN b.status IN ('completed', 'failed', 'timed_out') THEN now() END,
-           now() + b.wake_in_s * interval '1 second'
-      FROM batch AS b JOIN owner USING (n)
+           statement_timestamp() - b.duration_ms * interval '1 millisecond',
+           CASE WHEN b.status IN ('completed', 'failed', 'timed_out') THEN statement_timestamp() END,
+           statement_timestamp() + b.wake_in_s * interval '1 second'
+      FROM batch AS b JOIN fence USING (n)
     ON CONFLICT (execution_id, step_key) DO UPDATE
-       SET status = excluded.status, result = excluded.result, error = excluded.error,
-           attempts = excluded.attempts, finished_at = excluded.finished_at,
-           wake_at = coalesce(excluded.wake_at, {schema}.steps.wake_at)
-    RETURNING execution_id, step_key, wake_at
+       SET status = CASE WHEN s.status IN ('completed', 'failed', 'timed_out')
+                         THEN s.status ELSE excluded.status END,
+           result = CASE WHEN s.status IN ('completed', 'failed', 'timed_out')
+                         THEN s.result ELSE excluded.result END,
+           error = CASE WHEN s.status IN ('completed', 'failed', 'timed_out')
+                        THEN s.error ELSE excluded.error END,
+           attempts = CASE WHEN s.status IN ('completed', 'failed', 'timed_out')
+                           THEN s.attempts ELSE excluded.attempts END,
+           finished_at = coalesce(s.finished_at, excluded.finished_at),
+           wake_at = coalesce(excluded.wake_at, s.wake_at)
+    RETURNING s.execution_id, s.step_key, s.status, s.result, s.error, s.wake_at
 )
-SELECT owner.status, owner.expired, saved.wake_at
+SELECT fence.n IS NOT NULL, e.status, fence.expired,
+       saved.status, saved.result, saved.error, saved.wake_at
   FROM batch AS b
-  LEFT JOIN owner USING (n)
+  LEFT JOIN fence USING (n)
+  LEFT JOIN {schema}.executions AS e ON e.id = b.id
   LEFT JOIN saved ON saved.execution_id = b.id AND saved.step_key = b.key
  ORDER BY b.n
 
@@ -80,13 +98,14 @@ SELECT owner.status, owner.expired, saved.wake_at
 -- find the recorded one, so every replay waits for the same instant.
 INSERT INTO {schema}.steps (execution_id, step_key, kind, name, status, wake_at)
 VALUES (%(id)s, %(key)s, %(kind)s, %(name)s, 'waiting',
-        coalesce(%(until)s, now() + %(seconds)s * interval '1 second'))
+        coalesce(%(until)s, statement_timestamp() + %(seconds)s * interval '1 second'))
 ON CONFLICT (execution_id, step_key) DO UPDATE SET wake_at = {schema}.steps.wake_at
-RETURNING wake_at, wake_at IS NOT NULL AND wake_at <= now() AS due
+RETURNING wake_at, wake_at IS NOT NULL AND wake_at <= statement_timestamp() AS due
 
--- name: lock_owned
+-- name: lock_current
+-- Holds the execution for the rest of the transaction, if the run is still its current one.
 SELECT status FROM {schema}.executions
- WHERE id = %(id)s AND run_owner = %(worker_id)s
+ WHERE id = %(id)s AND runs = %(token)s AND status = 'running'
    FOR UPDATE
 
 -- name: consume_event
@@ -98,46 +117,65 @@ UPDATE {schema}.events SET consumed_by = %(key)s
 RETURNING payload
 
 -- name: suspend
--- Releases the body and records what it waits for. Returns the milliseconds
--- until the resuming message is due (the wake-up or the deadline, whichever
--- comes first), or NULL when only an event can wake it.
-UPDATE {schema}.executions
-   SET status = %(status)s, run_owner = NULL, wake_seq = %(seq)s, waiting_for = %(waiting_for)s,
-       wake_at = %(wake_at)s, resume_message = %(message)s, updated_at = now()
- WHERE id = %(id)s AND run_owner = %(worker_id)s
-RETURNING CASE WHEN least(%(wake_at)s, deadline) IS NOT NULL
-            THEN greatest(0, extract(epoch FROM least(%(wake_at)s, deadline) - now()) * 1000)::bigint
+-- running -> sleeping, waiting or retrying: releases the body and records what
+-- it waits for. Returns the milliseconds until the resuming message is due (the
+-- wake-up or the deadline, whichever comes first), or NULL when only an event
+-- can wake it.
+WITH paused AS (
+    UPDATE {schema}.executions
+       SET status = %(status)s, run_owner = NULL, wake_seq = %(seq)s,
+           waiting_for = %(waiting_for)s,
+           wake_at = coalesce(%(wake_at)s, statement_timestamp() + %(wake_in_s)s * interval '1 second'),
+           resume_message = %(message)s, updated_at = now()
+     WHERE id = %(id)s AND runs = %(token)s AND status = ANY(%(sources)s)
+    RETURNING wake_at, deadline
+)
+SELECT CASE WHEN least(wake_at, deadline) IS NOT NULL
+            THEN greatest(0, extract(epoch FROM least(wake_at, deadline) - statement_timestamp())
+                             * 1000)::bigint
        END
+  FROM paused
 
 -- name: set_wake_message
 UPDATE {schema}.executions SET wake_message = %(row_id)s WHERE id = %(id)s
 
 -- name: finish
--- A terminal outcome by the body's owner: completed, failed, timed_out or cancelled.
+-- running -> completed, failed or timed_out, by the current run only: a cancel
+-- (or a takeover) that came first wins over a late finish.
 WITH done AS (
     UPDATE {schema}.executions
        SET status = %(status)s, result = %(result)s, error = %(error)s, run_owner = NULL,
-           waiting_for = NULL, wake_at = NULL, finished_at = now(), updated_at = now()
-     WHERE id = %(id)s AND run_owner = %(worker_id)s
-    RETURNING id
-)
-SELECT {schema}.notify_execution_ended(%(channel)s, id, %(waiter)s) FROM done
-
--- name: release_after_error
-UPDATE {schema}.executions
-   SET status = 'retrying', error = %(error)s, run_owner = NULL, updated_at = now()
- WHERE id = %(id)s AND run_owner = %(worker_id)s
-
--- name: mark_failed
--- Dramatiq gave up on the message (retries exhausted, or no retries).
-WITH done AS (
-    UPDATE {schema}.executions
-       SET status = 'failed', error = coalesce(%(error)s, error), run_owner = NULL,
+           waiting_for = NULL, wake_at = NULL, finished_by = %(delivery)s,
            finished_at = now(), updated_at = now()
-     WHERE id = %(id)s AND status NOT IN ('completed', 'failed', 'cancelled', 'timed_out')
+     WHERE id = %(id)s AND runs = %(token)s AND status = ANY(%(sources)s)
     RETURNING id
 )
-SELECT {schema}.notify_execution_ended(%(channel)s, id, %(waiter)s) FROM done
+SELECT id, {schema}.notify_execution_ended(%(channel)s, id, %(waiter)s) FROM done
+
+-- name: release_owner
+-- A run that stopped (cancelled, or taken over) lets go of its execution, so a
+-- retry can start a new run; a run that was taken over matches nothing.
+UPDATE {schema}.executions SET run_owner = NULL, updated_at = now()
+ WHERE id = %(id)s AND runs = %(token)s AND status <> 'running'
+
+-- name: owned_runs
+-- Runs held by this worker, and runs held by lost workers: the sweeper checks
+-- each against the runs active in this process.
+SELECT e.id, e.runs, e.status, e.run_owner = %(worker_id)s
+  FROM {schema}.executions AS e
+ WHERE e.run_owner IS NOT NULL
+   AND (e.run_owner = %(worker_id)s
+        OR (e.status = 'running'
+            AND NOT EXISTS (SELECT 1 FROM {schema}.workers AS w WHERE w.id = e.run_owner)))
+
+-- name: abandon
+-- running -> retrying for a run that ended without recording its end (its
+-- worker died, or its writes kept failing): a new run starts from the journal.
+UPDATE {schema}.executions
+   SET status = 'retrying', run_owner = NULL, wake_seq = wake_seq + 1,
+       wake_at = statement_timestamp(), updated_at = now()
+ WHERE id = %(id)s AND runs = %(token)s AND status = ANY(%(sources)s)
+RETURNING wake_seq, resume_message
 
 -- name: cancel
 WITH target AS (
@@ -147,11 +185,11 @@ WITH target AS (
        SET status = 'cancelled', waiting_for = NULL, wake_at = NULL, wake_message = NULL,
            finished_at = now(), updated_at = now()
       FROM target
-     WHERE e.id = target.id
-       AND target.status NOT IN ('completed', 'failed', 'cancelled', 'timed_out')
+     WHERE e.id = target.id AND target.status = ANY(%(sources)s)
     RETURNING e.id
 )
-SELECT target.status, target.wake_message, (SELECT count({schema}.notify_execution_ended(%(channel)s, id, %(waiter)s)) FROM done)
+SELECT target.status, target.wake_message,
+       (SELECT count({schema}.notify_execution_ended(%(channel)s, id, %(waiter)s)) FROM done)
   FROM target
 
 -- name: lock_for_event
@@ -204,9 +242,11 @@ UPDATE {schema}.executions AS e SET updated_at = now()
                                AND ev.consumed_by IS NULL))))
 RETURNING e.resume_message, e.wake_seq
 
--- name: retry_execution
--- Reopens an ended execution: the step that failed it is forgotten (so it runs
--- again), and the deadline restarts with the same length.
+-- name: reopen
+-- failed, cancelled or timed_out -> pending: the step that failed it is
+-- forgotten (so it runs again), and the deadline restarts with the same length.
+-- run_owner stays: a cancelled body still running releases it when it stops,
+-- and until then no new run may start.
 WITH target AS (
     SELECT id, status, error FROM {schema}.executions WHERE id = %(id)s FOR UPDATE
 ), forgotten AS (
@@ -216,11 +256,11 @@ WITH target AS (
        AND s.error ->> 'message' = target.error ->> 'message'
 ), reopened AS (
     UPDATE {schema}.executions AS e
-       SET status = 'pending', error = NULL, finished_at = NULL, run_owner = NULL,
+       SET status = 'pending', error = NULL, finished_at = NULL, finished_by = NULL,
            wake_seq = e.wake_seq + 1, updated_at = now(),
-           deadline = now() + (e.deadline - e.created_at)
+           deadline = statement_timestamp() + (e.deadline - e.created_at)
       FROM target
-     WHERE e.id = target.id AND target.status IN ('failed', 'cancelled', 'timed_out')
+     WHERE e.id = target.id AND target.status = ANY(%(sources)s)
     RETURNING e.wake_seq, e.resume_message
 )
 SELECT target.status, reopened.wake_seq, reopened.resume_message

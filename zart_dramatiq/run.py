@@ -1,73 +1,83 @@
 """One run of a durable body: its journal, its checkpoints and how it pauses.
 
 A run starts when a delivery of the execution's message takes the body
-(``acquire``), replays completed steps from the journal loaded in that same
-round trip, runs the first unfinished step, and ends by completing, failing,
-or suspending until a time or an event.
+(``lifecycle.acquire``), replays completed steps from the journal loaded in
+that same round trip, runs the first unfinished step, and ends by
+completing, failing, or suspending until a time or an event. Every write of
+the run names its token, so a run that lost the execution stops at its next
+write.
 """
 
 from __future__ import annotations
 
 import time
+import uuid
 from collections import Counter
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from uuid import UUID
 
+import dramatiq
 from dramatiq import MessageProxy
-from dramatiq.middleware import SkipMessage
 
+from . import lifecycle
 from .errors import NotInExecution
+from .lifecycle import RunRef
+from .signals import DeadlinePassed, Refused, Suspended
 from .store import StepRecord, Store, Transaction
 from .transport import Transport
-
-if TYPE_CHECKING:
-    from .middleware import DurableMiddleware
 
 #: Message options that tie a delivery to its execution.
 EXECUTION_ID = "zart_execution_id"
 SEQ = "zart_seq"
+#: Tells one sent copy of an execution's message from another (a redelivery keeps it).
+DELIVERY = "zart_delivery"
 
 _current: ContextVar[Run | None] = ContextVar("zart_current_run", default=None)
 
 
-class Suspended(SkipMessage):
-    """The body paused durably; its resuming message is already scheduled.
-
-    A SkipMessage, so Dramatiq's Retries, Callbacks, Pipelines and Results
-    treat the delivery as neither a success nor a failure.
-    """
+def delivery_id(message: dramatiq.Message[Any] | MessageProxy) -> str:
+    """Which sent copy ``message`` is: the same for every redelivery of it."""
+    return str(message.options.get(DELIVERY) or message.message_id)
 
 
-class Stopped(SkipMessage):
-    """The delivery has nothing (more) to run: cancelled, timed out, stale or duplicate."""
+def continuation(message: dramatiq.Message[Any] | MessageProxy, **options: Any) -> Any:
+    """A new copy of an execution's message, with ``options`` set, to be sent once."""
+    return message.copy(options={**options, DELIVERY: uuid.uuid4().hex})
 
 
-class DeadlinePassed(Stopped):
-    """The execution passed its deadline; the runner records it as timed out."""
+@dataclass(frozen=True)
+class Recorded:
+    """A step's outcome as the journal has it."""
+
+    status: str
+    result: Any = None
+    error: dict[str, Any] | None = None
+    wake_at: datetime | None = None
 
 
 @dataclass
 class Run:
     execution_id: str
     seq: int
+    token: int
     worker_id: UUID
     delivery: MessageProxy
-    middleware: DurableMiddleware
+    store: Store
+    transport: Transport
     journal: dict[str, dict[str, Any]]
     occurrences: Counter[tuple[str, str]] = field(default_factory=Counter)
-    #: Set once the run has paused; a body that swallowed Suspended cannot go on.
+    #: Set once the run's suspension has committed; a body that swallowed it cannot go on.
     suspension: Suspended | None = None
+    #: Errors raised from recorded failures: if the body ends with one, it ends failed.
+    final_errors: list[BaseException] = field(default_factory=list)
+    started: float = field(default_factory=time.monotonic)
 
     @property
-    def store(self) -> Store:
-        return self.middleware.store
-
-    @property
-    def transport(self) -> Transport:
-        return self.middleware.transport
+    def ref(self) -> RunRef:
+        return RunRef(self.execution_id, self.token)
 
     def key(self, kind: str, name: str) -> str:
         """The journal key of the next ``kind`` called ``name``: repeats get ``#2``, ``#3``..."""
@@ -79,6 +89,15 @@ class Run:
     def ensure_active(self) -> None:
         if self.suspension is not None:
             raise self.suspension
+
+    def seconds_since(self, entry: dict[str, Any]) -> float:
+        """Seconds since the journal ``entry`` was first recorded, by the database's clock."""
+        return float(entry.get("elapsed_s") or 0.0) + (time.monotonic() - self.started)
+
+    def final(self, error: BaseException) -> BaseException:
+        """Note ``error`` as raised from a recorded failure; return it."""
+        self.final_errors.append(error)
+        return error
 
     def record(
         self,
@@ -94,70 +113,90 @@ class Run:
         started: float | None = None,
         wake_in_s: float | None = None,
         tx: Transaction | None = None,
-    ) -> datetime | None:
-        """Checkpoint a step outcome; stop the body if it was cancelled or timed out.
+    ) -> Recorded:
+        """Checkpoint a step outcome and return the step as recorded.
 
-        Returns the recorded wake-up time when ``wake_in_s`` was given.
+        A step recorded before (by a run whose write raced this one) keeps
+        its outcome, and the body goes on with that. Raises Refused if this
+        run no longer holds the execution, DeadlinePassed past the deadline.
         """
-        record = StepRecord(
-            execution_id=self.execution_id,
-            worker_id=self.worker_id,
-            key=key,
-            kind=kind,
-            name=name,
-            fn=fn,
-            status=status,
-            result=result,
-            error=error,
-            attempts=attempts,
-            duration_ms=0 if started is None else (time.monotonic() - started) * 1000,
-            wake_in_s=wake_in_s,
+        checkpoint = self.store.record_step(
+            StepRecord(
+                execution_id=self.execution_id,
+                token=self.token,
+                key=key,
+                kind=kind,
+                name=name,
+                fn=fn,
+                status=status,
+                result=result,
+                error=error,
+                attempts=attempts,
+                duration_ms=0 if started is None else (time.monotonic() - started) * 1000,
+                wake_in_s=wake_in_s,
+            ),
+            tx,
         )
-        execution_status, expired, wake_at = self.store.record_step(record, tx)
-        self.journal[key] = {"status": status, "result": result, "error": error, "fn": fn}
-        if execution_status is None:
-            raise Stopped(f"execution {self.execution_id!r} was taken over by another worker")
-        if execution_status == "cancelled":
-            raise Stopped(f"execution {self.execution_id!r} was cancelled")
-        if expired:
+        if not checkpoint.current:
+            raise Refused(f"execution {self.execution_id!r} moved on; this run stops")
+        assert checkpoint.step_status is not None
+        recorded = Recorded(
+            checkpoint.step_status, checkpoint.result, checkpoint.error, checkpoint.wake_at
+        )
+        self.journal[key] = {
+            "status": recorded.status,
+            "result": recorded.result,
+            "error": recorded.error,
+            "fn": fn,
+        }
+        if checkpoint.status == lifecycle.CANCELLED:
+            raise Refused(f"execution {self.execution_id!r} was cancelled; this run stops")
+        if checkpoint.expired:
             raise DeadlinePassed(f"execution {self.execution_id!r} passed its deadline")
-        return wake_at
+        return recorded
 
     def suspend(
         self,
         tx: Transaction,
         *,
         status: str,
-        wake_at: datetime | None,
+        wake_at: datetime | None = None,
+        wake_in_s: float | None = None,
         waiting_for: str | None = None,
-    ) -> Suspended:
-        """Release the body until ``wake_at`` (or an event); return the exception to raise.
+        options: dict[str, Any] | None = None,
+    ) -> None:
+        """Release the body until its wake-up (or an event), inside ``tx``.
 
-        Runs inside ``tx``: the checkpoint, the resuming message and the ack of
-        this delivery commit together on broker_pg.
+        The checkpoint, the resuming message and the ack of this delivery
+        commit together on broker_pg. Once ``tx`` commits, the run is paused:
+        ``ensure_active`` raises the suspension.
         """
-        resume = self.delivery.copy(options={EXECUTION_ID: self.execution_id, SEQ: self.seq + 1})
-        row = self.store.run(
+        seq = self.seq + 1
+        resume = continuation(
+            self.delivery, **{EXECUTION_ID: self.execution_id, SEQ: seq, **(options or {})}
+        )
+        delay_ms = lifecycle.suspend(
+            self.store,
             tx,
-            "suspend",
-            id=self.execution_id,
-            worker_id=self.worker_id,
+            self.ref,
             status=status,
-            seq=self.seq + 1,
+            seq=seq,
+            message=resume.encode(),
             waiting_for=waiting_for,
             wake_at=wake_at,
-            message=resume.encode(),
+            wake_in_s=wake_in_s,
         )
-        if row is None:
-            raise Stopped(f"execution {self.execution_id!r} was taken over by another worker")
-        row_id = self.transport.send(tx, resume, row[0])
+        row_id = self.transport.send(tx, resume, delay_ms)
         if row_id is not None:
             self.store.run(tx, "set_wake_message", id=self.execution_id, row_id=row_id)
         self.transport.settle(tx, self.delivery)
+        suspension = Suspended(f"execution {self.execution_id!r} is {status}")
+        tx.after_commit.append(lambda: self._paused(suspension))
+
+    def _paused(self, suspension: Suspended) -> None:
         # Results must not store this delivery's (absent) result; the resumed one will.
         end_quietly(self.delivery)
-        self.suspension = Suspended(f"execution {self.execution_id!r} is {status}")
-        return self.suspension
+        self.suspension = suspension
 
 
 def end_quietly(delivery: MessageProxy) -> None:

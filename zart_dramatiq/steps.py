@@ -7,12 +7,13 @@ import inspect
 import time
 import typing
 from collections.abc import Callable
-from typing import Any, TypeVar, overload
+from typing import Any, NoReturn, TypeVar, overload
 
 from .errors import NonDeterminismError
 from .retry_policy import NO_RETRY, Retry
 from .run import Run, current_run, in_execution
 from .serialization import dump, error_from_json, error_to_json, load, type_hints
+from .store import Transaction
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -27,22 +28,39 @@ def run_step(
     fn_name = _qualified_name(fn)
     annotation = _return_annotation(fn)
     recorded = run.journal.get(key)
-    attempts = 0
-    if recorded is not None:
-        if recorded["fn"] != fn_name:
-            raise NonDeterminismError(
+    if recorded is None:
+        return _attempt(run, key, name, fn, fn_name, annotation, args, kwargs, retry, 0, 0.0)
+    if recorded["fn"] != fn_name:
+        raise run.final(
+            NonDeterminismError(
                 f"step {name!r} ({key}) was recorded as a call of {recorded['fn']} but now "
                 f"calls {fn_name}: the workflow's code changed under a running execution, "
                 "or code outside steps is not deterministic."
             )
-        if recorded["status"] == "completed":
-            return load(
-                recorded["result"], annotation, what=f"the recorded result of step {name!r}"
-            )
-        if recorded["status"] == "failed":
-            raise error_from_json(recorded["error"], step=name)
-        attempts = recorded["attempts"]
-    return _attempt(run, key, name, fn, fn_name, annotation, args, kwargs, retry, attempts)
+        )
+    if recorded["status"] in ("completed", "failed"):
+        return _recorded_outcome(run, name, recorded, annotation)
+    # Retrying after a durable backoff: the policy counts from the first attempt.
+    return _attempt(
+        run,
+        key,
+        name,
+        fn,
+        fn_name,
+        annotation,
+        args,
+        kwargs,
+        retry,
+        recorded["attempts"],
+        run.seconds_since(recorded),
+    )
+
+
+def _recorded_outcome(run: Run, name: str, recorded: dict[str, Any], annotation: Any) -> Any:
+    """A recorded step's result, or its recorded error raised again."""
+    if recorded["status"] == "failed":
+        raise run.final(error_from_json(recorded["error"], step=name))
+    return load(recorded["result"], annotation, what=f"the recorded result of step {name!r}")
 
 
 def _attempt(
@@ -56,8 +74,9 @@ def _attempt(
     kwargs: dict[str, Any],
     retry: Retry,
     attempts: int,
+    elapsed_before: float,
 ) -> T:
-    first_started = time.monotonic()
+    first_started = time.monotonic() - elapsed_before
     while True:
         attempts += 1
         started = time.monotonic()
@@ -76,29 +95,14 @@ def _attempt(
                     attempts=attempts,
                     started=started,
                 )
-                raise
+                raise run.final(error) from None
             if wait <= retry.max_inline_wait.total_seconds():
                 time.sleep(wait)
                 continue
             # A long backoff frees the thread: resume when the next attempt is due.
-            with run.store.transaction() as tx:
-                wake_at = run.record(
-                    key,
-                    kind="step",
-                    name=name,
-                    fn=fn_name,
-                    status="retrying",
-                    error=error_to_json(error),
-                    attempts=attempts,
-                    started=started,
-                    wake_in_s=wait,
-                    tx=tx,
-                )
-                suspension = run.suspend(tx, status="retrying", wake_at=wake_at)
-            # Raised once the transaction has committed the suspension.
-            raise suspension from error
+            _pause_for_retry(run, key, name, fn_name, error, attempts, started, wait)
         data = dump(value, annotation, what=f"step {name!r}")
-        run.record(
+        recorded = run.record(
             key,
             kind="step",
             name=name,
@@ -108,7 +112,45 @@ def _attempt(
             attempts=attempts,
             started=started,
         )
-        return value
+        if recorded.status == "completed" and recorded.result == data:
+            return value
+        # Another run recorded this step first: its outcome is the one that counts.
+        return _recorded_outcome(  # type: ignore[no-any-return]
+            run,
+            name,
+            {"status": recorded.status, "result": recorded.result, "error": recorded.error},
+            annotation,
+        )
+
+
+def _pause_for_retry(
+    run: Run,
+    key: str,
+    name: str,
+    fn_name: str,
+    error: Exception,
+    attempts: int,
+    started: float,
+    wait: float,
+) -> NoReturn:
+    def pause(tx: Transaction) -> None:
+        recorded = run.record(
+            key,
+            kind="step",
+            name=name,
+            fn=fn_name,
+            status="retrying",
+            error=error_to_json(error),
+            attempts=attempts,
+            started=started,
+            wake_in_s=wait,
+            tx=tx,
+        )
+        run.suspend(tx, status="retrying", wake_at=recorded.wake_at)
+
+    run.store.atomically(pause)
+    assert run.suspension is not None
+    raise run.suspension from error
 
 
 @overload

@@ -1,35 +1,44 @@
-"""The durable layer's access to PostgreSQL: named queries and transactions."""
+"""The durable layer's access to PostgreSQL: named queries, retried writes, transactions."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
-from uuid import UUID
+from typing import Any, TypeVar
 
 import psycopg
+import tenacity
 from psycopg.types.json import Jsonb
 
-from broker_pg import Database
+from broker_pg import Database, DatabaseUnavailable
 from broker_pg.broker import caller_connection
 from broker_pg.database import channel_name
 from broker_pg.sqlfile import Queries
 
+from .checkpoints import CheckpointWriter
 from .errors import ZartError
-from .group_commit import GroupCommit
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 #: The application name of connections waiting for executions to end.
 RESULT_WAITER = "zart-result-waiter"
 
 
+class CommitUnknown(DatabaseUnavailable):
+    """The connection broke while a transaction committed: it may or may not have."""
+
+
 @dataclass(frozen=True)
 class StepRecord:
-    """One step outcome to checkpoint."""
+    """One step outcome to checkpoint, for the run holding ``token``."""
 
     execution_id: str
-    worker_id: UUID
+    token: int
     key: str
     kind: str
     name: str
@@ -42,9 +51,21 @@ class StepRecord:
     wake_in_s: float | None
 
 
-#: What a checkpoint tells its body: the execution's status (None if another
-#: worker took it over), whether it passed its deadline, and the step's wake-up time.
-StepOutcome = tuple[str | None, bool | None, datetime | None]
+@dataclass(frozen=True)
+class Checkpoint:
+    """What a checkpoint tells its body."""
+
+    #: False if the run was no longer the execution's current one: nothing was written.
+    current: bool
+    #: The execution's status (to say why a write was refused).
+    status: str | None
+    #: Whether the execution passed its deadline.
+    expired: bool
+    #: The step as recorded: the body's own outcome, or one recorded before it.
+    step_status: str | None
+    result: Any
+    error: dict[str, Any] | None
+    wake_at: datetime | None
 
 
 @dataclass
@@ -53,17 +74,25 @@ class Transaction:
 
     conn: psycopg.Connection
     after_commit: list[Callable[[], None]] = field(default_factory=list)
+    committing: bool = False
 
 
 class Store:
-    def __init__(self, db: Database) -> None:
+    """Queries of the durable layer on ``db``.
+
+    A write that meets a transient error (the server restarting, a cut
+    connection, a deadlock) is tried again for up to ``write_timeout`` seconds.
+    """
+
+    def __init__(self, db: Database, *, write_timeout: float = 30.0) -> None:
         self.db = db
         self.queries = Queries("zart_dramatiq", "queries.sql", db.schema)
         #: NOTIFY channel carrying the ids of executions that just ended.
         self.channel = channel_name(db.schema, "executions")
         #: Every query may name the channel and who listens on it.
         self._common = {"channel": self.channel, "waiter": RESULT_WAITER}
-        self._checkpoints = GroupCommit(self._write_steps)
+        self.write_timeout = write_timeout
+        self._checkpoints = CheckpointWriter(self._write_steps, timeout=write_timeout + 10.0)
 
     def fetchone(self, query: str, **params: Any) -> tuple[Any, ...] | None:
         with self.db.connection() as conn:
@@ -72,6 +101,38 @@ class Store:
     def fetchall(self, query: str, **params: Any) -> list[tuple[Any, ...]]:
         with self.db.connection() as conn:
             return conn.execute(self.queries[query], self._params(params)).fetchall()
+
+    def write(self, query: str, **params: Any) -> tuple[Any, ...] | None:
+        """Run one statement, trying again through transient errors; return its first row.
+
+        For statements that are safe to repeat when a reply was lost.
+        """
+        for attempt in self._retrying():
+            with attempt:
+                return self.fetchone(query, **params)
+        raise AssertionError("unreachable")
+
+    def atomically(self, unit: Callable[[Transaction], T]) -> T:
+        """Run ``unit`` in a transaction of its own, again from the start on transient errors.
+
+        A commit whose outcome is unknown is not repeated: it raises CommitUnknown.
+        """
+        for attempt in self._retrying():
+            with attempt:
+                with self.db.connection() as conn:
+                    tx = Transaction(conn)
+                    try:
+                        with conn.transaction():
+                            result = unit(tx)
+                            tx.committing = True
+                    except psycopg.OperationalError as e:
+                        if tx.committing:
+                            raise CommitUnknown(f"the commit's outcome is unknown: {e}") from e
+                        raise
+                for action in tx.after_commit:
+                    action()
+                return result
+        raise AssertionError("unreachable")
 
     @contextmanager
     def transaction(self) -> Iterator[Transaction]:
@@ -95,15 +156,18 @@ class Store:
         for action in tx.after_commit:
             action()
 
-    def record_step(self, record: StepRecord, tx: Transaction | None = None) -> StepOutcome:
+    def record_step(self, record: StepRecord, tx: Transaction | None = None) -> Checkpoint:
         """Checkpoint ``record``: inside ``tx``, or committed with concurrent checkpoints."""
         if tx is not None:
             return _record_steps(tx.conn, self.queries["record_steps"], [record])[0]
         return self._checkpoints.submit(record)
 
-    def _write_steps(self, records: Sequence[StepRecord]) -> list[StepOutcome]:
-        with self.db.connection() as conn:
-            return _record_steps(conn, self.queries["record_steps"], records)
+    def _write_steps(self, records: Sequence[StepRecord]) -> list[Checkpoint]:
+        # Safe to repeat: a step already recorded comes back as recorded.
+        for attempt in self._retrying():
+            with attempt, self.db.connection() as conn:
+                return _record_steps(conn, self.queries["record_steps"], records)
+        raise AssertionError("unreachable")
 
     def run(self, tx: Transaction, query: str, **params: Any) -> tuple[Any, ...] | None:
         """Execute ``query`` inside ``tx``; return its first row."""
@@ -112,13 +176,40 @@ class Store:
     def _params(self, params: dict[str, Any]) -> dict[str, Any]:
         return {**self._common, **_adapt(params)}
 
+    def _retrying(self) -> tenacity.Retrying:
+        return tenacity.Retrying(
+            retry=tenacity.retry_if_exception(_transient),
+            stop=tenacity.stop_after_delay(self.write_timeout),
+            wait=tenacity.wait_exponential(multiplier=0.1, max=2.0),
+            before_sleep=_log_retry,
+            reraise=True,
+        )
 
-#: Parameters bound to jsonb columns.
-_JSON_PARAMS = frozenset({"result", "error", "input", "payload"})
+
+def _transient(error: BaseException) -> bool:
+    """Worth trying again: the server is away, or the transaction lost a race."""
+    if isinstance(error, CommitUnknown):
+        return False
+    return isinstance(
+        error,
+        DatabaseUnavailable | psycopg.errors.SerializationFailure | psycopg.errors.DeadlockDetected,
+    )
+
+
+def _log_retry(state: tenacity.RetryCallState) -> None:
+    if state.attempt_number == 1 and state.outcome is not None:
+        logger.warning("Durable write failed (%s); trying again.", state.outcome.exception())
+
+
+#: Parameters bound to jsonb columns; a payload of None is JSON null, not SQL NULL.
+_JSON_PARAMS = frozenset({"result", "error", "input"})
 
 
 def _adapt(params: dict[str, Any]) -> dict[str, Any]:
-    return {k: Jsonb(v) if k in _JSON_PARAMS and v is not None else v for k, v in params.items()}
+    adapted = {k: Jsonb(v) if k in _JSON_PARAMS and v is not None else v for k, v in params.items()}
+    if "payload" in params:
+        adapted["payload"] = Jsonb(params["payload"])
+    return adapted
 
 
 def _first(cursor: psycopg.Cursor[Any]) -> tuple[Any, ...] | None:
@@ -127,7 +218,7 @@ def _first(cursor: psycopg.Cursor[Any]) -> tuple[Any, ...] | None:
 
 def _record_steps(
     conn: psycopg.Connection, query: bytes, records: Sequence[StepRecord]
-) -> list[StepOutcome]:
+) -> list[Checkpoint]:
     def column(name: str) -> list[Any]:
         return [getattr(record, name) for record in records]
 
@@ -136,7 +227,7 @@ def _record_steps(
 
     params = {
         "ids": column("execution_id"),
-        "worker_ids": column("worker_id"),
+        "tokens": column("token"),
         "keys": column("key"),
         "kinds": column("kind"),
         "names": column("name"),
@@ -148,4 +239,15 @@ def _record_steps(
         "durations_ms": column("duration_ms"),
         "wake_ins_s": column("wake_in_s"),
     }
-    return [(row[0], row[1], row[2]) for row in conn.execute(query, params).fetchall()]
+    return [
+        Checkpoint(
+            current=row[0],
+            status=row[1],
+            expired=bool(row[2]),
+            step_status=row[3],
+            result=row[4],
+            error=row[5],
+            wake_at=row[6],
+        )
+        for row in conn.execute(query, params).fetchall()
+    ]

@@ -51,6 +51,12 @@ class Transport:
     def discard(self, tx: Transaction, wake_message: int | None) -> None:
         """A resuming message already sent is dropped on delivery (its execution has ended)."""
 
+    def hand_back(self, delivery: MessageProxy) -> None:
+        """A delivery whose outcome could not be recorded: the Worker acks it.
+
+        The sweeper re-sends the execution's wake-up once it is overdue.
+        """
+
 
 class PostgresTransport(Transport):
     """Resuming messages written in the checkpoint's own transaction (broker_pg)."""
@@ -73,6 +79,10 @@ class PostgresTransport(Transport):
     def discard(self, tx: Transaction, wake_message: int | None) -> None:
         if wake_message is not None:
             self.broker.discard(wake_message, connection=tx.conn)
+
+    def hand_back(self, delivery: MessageProxy) -> None:
+        # Not acked: the message returns to its queue once the database answers.
+        self.broker.hand_back(delivery)
 
 
 def transport_for(broker: dramatiq.Broker, db: Database) -> Transport:

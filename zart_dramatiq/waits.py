@@ -8,15 +8,17 @@ from typing import Any, TypeVar, overload
 from .errors import EventTimeout, SerializationError
 from .run import Run, current_run
 from .serialization import error_from_json, error_to_json, load
+from .signals import Refused
+from .store import Transaction
 
 T = TypeVar("T")
 
 _NO_DEFAULT: Any = object()
 
 
-def sleep(name: str, duration: timedelta) -> None:
-    """Pause the execution for ``duration``; the worker thread is freed meanwhile."""
-    _sleep(name, seconds=duration.total_seconds(), until=None)
+def sleep(name: str, duration: timedelta | float) -> None:
+    """Pause the execution for ``duration`` (a timedelta, or seconds); the thread is freed."""
+    _sleep(name, seconds=_seconds(duration, what=f"zart.sleep({name!r}, ...)"), until=None)
 
 
 def sleep_until(name: str, when: datetime) -> None:
@@ -24,6 +26,17 @@ def sleep_until(name: str, when: datetime) -> None:
     if when.tzinfo is None:
         raise ValueError(f"sleep_until({name!r}) needs a timezone-aware datetime, got {when!r}")
     _sleep(name, seconds=None, until=when)
+
+
+def _seconds(duration: timedelta | float, *, what: str) -> float:
+    if isinstance(duration, timedelta):
+        return duration.total_seconds()
+    if isinstance(duration, int | float) and not isinstance(duration, bool):
+        return float(duration)
+    raise TypeError(
+        f"{what} takes a timedelta or a number of seconds, not {type(duration).__name__} "
+        f"{duration!r}"
+    )
 
 
 def _sleep(name: str, *, seconds: float | None, until: datetime | None) -> None:
@@ -34,14 +47,17 @@ def _sleep(name: str, *, seconds: float | None, until: datetime | None) -> None:
         if recorded["status"] != "completed":
             run.record(key, kind="sleep", name=name, status="completed")
         return
-    with run.store.transaction() as tx:
+
+    def pause(tx: Transaction) -> bool:
         wake_at, due = _begin_wait(run, tx, key, "sleep", name, seconds=seconds, until=until)
         if not due:
-            suspension = run.suspend(tx, status="sleeping", wake_at=wake_at)
-    # Raised once the transaction has committed the suspension.
-    if not due:
-        raise suspension
-    run.record(key, kind="sleep", name=name, status="completed")
+            run.suspend(tx, status="sleeping", wake_at=wake_at)
+        return due
+
+    due = run.store.atomically(pause)
+    run.ensure_active()  # raises the suspension, now committed
+    if due:
+        run.record(key, kind="sleep", name=name, status="completed")
 
 
 @overload
@@ -73,9 +89,11 @@ def wait_for_event(
     if recorded["status"] == "timed_out":
         if default is not _NO_DEFAULT:
             return default
-        raise EventTimeout(f"no event {name!r} reached execution {run.execution_id!r} in time")
+        raise run.final(
+            EventTimeout(f"no event {name!r} reached execution {run.execution_id!r} in time")
+        )
     if recorded["status"] == "failed":
-        raise error_from_json(recorded["error"], step=name)
+        raise run.final(error_from_json(recorded["error"], step=name))
     return _payload(recorded["result"], name, model)
 
 
@@ -91,34 +109,39 @@ def _take_event(
     The consumption and its record commit together, so an event is never
     consumed without the wait remembering it.
     """
-    with run.store.transaction() as tx:
+    seconds = None if timeout is None else timeout.total_seconds()
+
+    def take(tx: Transaction) -> dict[str, Any]:
         # Holding the execution row serialises this with send_event: an event
         # either lands before we look, or finds us waiting and wakes us.
-        run.store.run(tx, "lock_owned", id=run.execution_id, worker_id=run.worker_id)
+        if run.store.run(tx, "lock_current", id=run.execution_id, token=run.token) is None:
+            raise Refused(f"execution {run.execution_id!r} moved on; this run stops")
         event = run.store.run(tx, "consume_event", id=run.execution_id, name=name, key=key)
         if event is None:
-            seconds = None if timeout is None else timeout.total_seconds()
             wake_at, due = _begin_wait(run, tx, key, "event", name, seconds=seconds, until=None)
             if not due:
                 run.suspend(tx, status="waiting", wake_at=wake_at, waiting_for=name)
+                return {}
             outcome: dict[str, Any] = {"status": "timed_out", "result": None, "error": None}
         else:
             try:
                 _payload(event[0], name, model)
                 outcome = {"status": "completed", "result": event[0], "error": None}
             except SerializationError as e:
-                # Recorded as the wait's outcome, so every replay raises the same error.
+                # Recorded as the wait's outcome: the execution fails, visibly, and a
+                # retry after a corrected event reads that event instead.
                 outcome = {"status": "failed", "result": event[0], "error": error_to_json(e)}
-        if run.suspension is None:
-            run.record(key, kind="event", name=name, tx=tx, **outcome)
-    if run.suspension is not None:
-        raise run.suspension
+        run.record(key, kind="event", name=name, tx=tx, **outcome)
+        return outcome
+
+    outcome = run.store.atomically(take)
+    run.ensure_active()  # raises the suspension, now committed
     return outcome
 
 
 def _begin_wait(
     run: Run,
-    tx: Any,
+    tx: Transaction,
     key: str,
     kind: str,
     name: str,

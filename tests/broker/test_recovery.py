@@ -214,10 +214,11 @@ def test_a_message_that_kills_every_worker_ends_in_dead_letters(
 def test_a_worker_with_a_stale_heartbeat_loses_its_leases(
     make_broker: Callable[..., PostgresBroker], db: psycopg.Connection, schema: str
 ) -> None:
-    # A hung worker: its session lives on, but it never heartbeats again.
-    hung = make_broker(heartbeat_interval=3600)
+    # A hung worker: its session lives on, but it never heartbeats again. Its own
+    # lease (stored with its worker row) is what the others judge it by.
+    hung = make_broker(heartbeat_interval=3600, lease_timeout=0.5)
     hung.declare_queue(QUEUE)
-    healthy = make_broker(lease_timeout=0.5, heartbeat_interval=0.05)
+    healthy = make_broker(heartbeat_interval=0.05)
     healthy.declare_queue(QUEUE)
 
     message = Message(queue_name=QUEUE, actor_name="gated", args=(1,), kwargs={}, options={})

@@ -1,0 +1,111 @@
+"""Group commit: concurrent checkpoints share a write, each caller gets its own outcome.
+
+The writer is a thread of its own, so an asynchronous exception in a caller
+(Dramatiq's TimeLimit) cannot wedge the others, and no caller waits forever.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from broker_pg import DatabaseUnavailable
+from tests.support import wait_until
+from zart_dramatiq.checkpoints import CheckpointWriter
+
+
+class Writer:
+    """Doubles items; the first write holds until ``release``, so others queue up behind it."""
+
+    def __init__(self, poison: int | None = None) -> None:
+        self.poison = poison
+        self.batches: list[list[int]] = []
+        self.release = threading.Event()
+        self.holding = threading.Event()
+
+    def __call__(self, items: Sequence[int]) -> list[int]:
+        if not self.batches:
+            self.holding.set()
+            self.release.wait(10)
+        self.batches.append(list(items))
+        if self.poison in items:
+            raise ValueError("unlucky")
+        return [item * 2 for item in items]
+
+
+def test_callers_queued_behind_a_write_share_the_next_one() -> None:
+    writer = Writer()
+    group = CheckpointWriter(writer, timeout=10)
+    with ThreadPoolExecutor(16) as pool:
+        first = pool.submit(group.submit, 0)
+        writer.holding.wait(10)
+        others = [pool.submit(group.submit, n) for n in range(1, 16)]
+        writer.release.set()
+        assert first.result(10) == 0
+        assert [f.result(10) for f in others] == [n * 2 for n in range(1, 16)]
+    assert sorted(n for batch in writer.batches for n in batch) == list(range(16))
+    assert len(writer.batches) < 16  # some callers shared a write
+
+
+def test_a_failing_item_fails_only_its_own_caller() -> None:
+    writer = Writer(poison=13)
+    group = CheckpointWriter(writer, timeout=10)
+    with ThreadPoolExecutor(8) as pool:
+        first = pool.submit(group.submit, 1)
+        writer.holding.wait(10)
+        futures = {n: pool.submit(group.submit, n) for n in (12, 13, 14)}
+        writer.release.set()
+        assert first.result(10) == 2
+        assert futures[12].result(10) == 24
+        assert futures[14].result(10) == 28
+        with pytest.raises(ValueError, match="unlucky"):
+            futures[13].result(10)
+
+
+class Interrupted(BaseException):
+    """Stands for Dramatiq's TimeLimitExceeded: raised into a thread from outside."""
+
+
+def raise_in(thread: threading.Thread) -> None:
+    ident = ctypes.c_ulong(thread.ident or 0)
+    assert ctypes.pythonapi.PyThreadState_SetAsyncExc(ident, ctypes.py_object(Interrupted)) == 1
+
+
+def test_a_caller_interrupted_while_waiting_wedges_nobody() -> None:
+    writer = Writer()
+    group = CheckpointWriter(writer, timeout=10)
+    outcomes: dict[int, object] = {}
+
+    def call(n: int) -> None:
+        try:
+            outcomes[n] = group.submit(n)
+        except BaseException as e:
+            outcomes[n] = e
+
+    threads = {n: threading.Thread(target=call, args=(n,)) for n in range(4)}
+    threads[0].start()
+    writer.holding.wait(10)
+    for n in (1, 2, 3):
+        threads[n].start()
+    wait_until(lambda: group._queue.qsize() == 3, message="three callers queued")
+    # Pending while it waits for the writer; it lands as soon as the wait returns.
+    raise_in(threads[1])
+    writer.release.set()
+    for thread in threads.values():
+        thread.join(10)
+    assert isinstance(outcomes[1], Interrupted)
+    assert {n: outcomes[n] for n in (0, 2, 3)} == {0: 0, 2: 4, 3: 6}
+    # The process goes on checkpointing afterwards.
+    assert group.submit(21) == 42
+
+
+def test_a_caller_waits_a_bounded_time() -> None:
+    writer = Writer()  # holds its first write until released: a database that hangs
+    group = CheckpointWriter(writer, timeout=0.2)
+    with pytest.raises(DatabaseUnavailable, match="not written within"):
+        group.submit(1)
+    writer.release.set()

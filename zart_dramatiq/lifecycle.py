@@ -1,0 +1,184 @@
+"""Every status change of an execution, each guarded by the states it may leave.
+
+No other module changes an execution's status. A run's own transitions
+(suspend, finish) are fenced by its token, the run counter ``acquire``
+bumped: once another run has taken the execution, or a cancel moved it out
+of ``running``, they match nothing and raise ``Refused``.
+
+    pending ─┐
+    sleeping ├─ acquire ─> running ─ suspend ─> sleeping | waiting | retrying
+    waiting  │                     ─ finish ──> completed | failed | timed_out
+    retrying ┘                     ─ abandon ─> retrying   (its run ended unrecorded)
+    any active ─ cancel ─> cancelled
+    failed | cancelled | timed_out ─ reopen ─> pending
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from .signals import Refused
+from .store import Store, Transaction
+
+PENDING = "pending"
+RUNNING = "running"
+SLEEPING = "sleeping"
+WAITING = "waiting"
+RETRYING = "retrying"
+COMPLETED = "completed"
+FAILED = "failed"
+CANCELLED = "cancelled"
+TIMED_OUT = "timed_out"
+
+#: Statuses an execution never leaves, except by an explicit reopen.
+TERMINAL = frozenset({COMPLETED, FAILED, CANCELLED, TIMED_OUT})
+#: Statuses of executions that still have work to do.
+ACTIVE = frozenset({PENDING, RUNNING, SLEEPING, WAITING, RETRYING})
+STATUSES = (PENDING, RUNNING, SLEEPING, WAITING, RETRYING, *sorted(TERMINAL))
+
+#: Each transition, with the statuses it may leave.
+_ACQUIRE = sorted(ACTIVE)
+_RUN_ONLY = [RUNNING]
+_CANCEL = sorted(ACTIVE)
+_REOPEN = [FAILED, CANCELLED, TIMED_OUT]
+
+
+@dataclass(frozen=True)
+class RunRef:
+    """The run a fenced write speaks for: the execution and the run's token."""
+
+    execution_id: str
+    token: int
+
+
+@dataclass(frozen=True)
+class Acquired:
+    """A new run of an execution: its token, whether the deadline passed, its journal."""
+
+    token: int
+    expired: bool
+    journal: list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Reopened:
+    previous: str
+    #: The new wake sequence and resuming message; None when it could not be reopened.
+    seq: int | None
+    message: bytes | None
+
+
+def create(store: Store, tx: Transaction, execution_id: str, **fields: Any) -> bool:
+    """Insert a pending execution; False if one with this id exists already."""
+    return store.run(tx, "insert_execution", id=execution_id, **fields) is not None
+
+
+def acquire(store: Store, execution_id: str, seq: int, worker_id: UUID) -> Acquired | None:
+    """Any active status -> running, for a new run; None if this delivery may not take it.
+
+    The caller guarantees no run of this execution is active in this process,
+    so an execution still held by this worker is an ended run's leftover.
+    """
+    row = store.write("acquire", id=execution_id, seq=seq, worker_id=worker_id, sources=_ACQUIRE)
+    return None if row is None else Acquired(token=row[0], expired=row[1], journal=row[2])
+
+
+def suspend(
+    store: Store,
+    tx: Transaction,
+    run: RunRef,
+    *,
+    status: str,
+    seq: int,
+    message: bytes,
+    waiting_for: str | None = None,
+    wake_at: datetime | None = None,
+    wake_in_s: float | None = None,
+) -> int | None:
+    """running -> sleeping, waiting or retrying; return ms until the resuming message is due.
+
+    None means only an event can wake it.
+    """
+    assert status in (SLEEPING, WAITING, RETRYING)
+    row = store.run(
+        tx,
+        "suspend",
+        id=run.execution_id,
+        token=run.token,
+        status=status,
+        seq=seq,
+        waiting_for=waiting_for,
+        wake_at=wake_at,
+        wake_in_s=wake_in_s,
+        message=message,
+        sources=_RUN_ONLY,
+    )
+    if row is None:
+        raise _refused(store, tx, run)
+    return row[0]  # type: ignore[no-any-return]
+
+
+def finish(
+    store: Store,
+    tx: Transaction,
+    run: RunRef,
+    status: str,
+    *,
+    delivery: str,
+    result: Any = None,
+    error: dict[str, Any] | None = None,
+) -> None:
+    """running -> completed, failed or timed_out; a cancel that came first wins."""
+    assert status in (COMPLETED, FAILED, TIMED_OUT)
+    row = store.run(
+        tx,
+        "finish",
+        id=run.execution_id,
+        token=run.token,
+        status=status,
+        result=result,
+        error=error,
+        delivery=delivery,
+        sources=_RUN_ONLY,
+    )
+    if row is None:
+        raise _refused(store, tx, run)
+
+
+def release_owner(store: Store, run: RunRef) -> None:
+    """A stopped run lets go of its execution (which is no longer running)."""
+    store.write("release_owner", id=run.execution_id, token=run.token)
+
+
+def abandon(store: Store, tx: Transaction, run: RunRef) -> tuple[int, bytes] | None:
+    """running -> retrying for a run that ended unrecorded; return (seq, resuming message)."""
+    row = store.run(tx, "abandon", id=run.execution_id, token=run.token, sources=_RUN_ONLY)
+    return None if row is None else (row[0], row[1])
+
+
+def cancel(store: Store, tx: Transaction, execution_id: str) -> tuple[str, int | None] | None:
+    """Any active status -> cancelled; return (previous status, pending wake message).
+
+    None if no execution has this id. A running body is refused at its next write.
+    """
+    row = store.run(tx, "cancel", id=execution_id, sources=_CANCEL)
+    return None if row is None else (row[0], row[1])
+
+
+def reopen(store: Store, tx: Transaction, execution_id: str) -> Reopened | None:
+    """failed, cancelled or timed_out -> pending; None if no execution has this id."""
+    row = store.run(tx, "reopen", id=execution_id, sources=_REOPEN)
+    return None if row is None else Reopened(previous=row[0], seq=row[1], message=row[2])
+
+
+def _refused(store: Store, tx: Transaction, run: RunRef) -> Refused:
+    row = store.run(tx, "fence_state", id=run.execution_id)
+    status = None if row is None else row[0]
+    if status == CANCELLED:
+        return Refused(f"execution {run.execution_id!r} was cancelled")
+    if row is not None and row[1] != run.token:
+        return Refused(f"execution {run.execution_id!r} was taken over by another run")
+    return Refused(f"execution {run.execution_id!r} is {status}, no longer running here")

@@ -1,0 +1,374 @@
+"""One delivery of a durable actor: take the execution (fenced), run the body, end or pause it.
+
+How a run ends:
+
+* the body returns: the execution completes;
+* the body pauses (sleep, event wait, step backoff): already committed;
+* the body raises a recorded failure (an exhausted step, non-determinism, an
+  event that fails its model) or an error Dramatiq would not retry: it fails,
+  at once and for good, until ``zart.retry``;
+* it raises anything else: it runs again after Dramatiq's backoff (see
+  ``body_retries``), paused durably meanwhile;
+* a write is refused (cancelled, taken over): the run stops and records nothing;
+* the database stays unreachable: the delivery is handed back and the
+  sweeper resumes the execution from its journal later.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+from uuid import UUID
+
+from dramatiq import MessageProxy
+from dramatiq.worker import has_results_middleware
+
+from broker_pg import DatabaseUnavailable
+
+from . import lifecycle
+from .body_retries import RETRIES, retry_delay_ms
+from .errors import NonDeterminismError, SerializationError
+from .run import (
+    EXECUTION_ID,
+    SEQ,
+    Run,
+    activate,
+    continuation,
+    deactivate,
+    delivery_id,
+    end_quietly,
+)
+from .serialization import dump, error_to_json, input_hash
+from .signals import Abandoned, DeadlinePassed, Paused, Refused, Stopped, Suspended
+from .store import Store, Transaction
+from .transport import Transport
+
+if TYPE_CHECKING:
+    from .actor import DurableActor
+
+logger = logging.getLogger(__name__)
+
+
+class LocalRuns:
+    """The executions whose body this process runs now: at most one run each."""
+
+    def __init__(self) -> None:
+        self._ids: set[str] = set()
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def reserve(self, execution_id: str) -> Iterator[bool]:
+        """Hold ``execution_id`` for a run in this thread; yield False if another thread has it."""
+        with self._lock:
+            free = execution_id not in self._ids
+            self._ids.add(execution_id)
+        try:
+            yield free
+        finally:
+            if free:
+                with self._lock:
+                    self._ids.discard(execution_id)
+
+    def __contains__(self, execution_id: object) -> bool:
+        with self._lock:
+            return execution_id in self._ids
+
+
+class Replay:
+    """A redelivery of the message that completed an execution: its recorded result."""
+
+    def __init__(self, result: Any) -> None:
+        self.result = result
+
+
+class Runner:
+    """Runs deliveries of durable actors for one middleware."""
+
+    def __init__(
+        self,
+        store: Store,
+        transport: Transport,
+        *,
+        worker_id: Callable[[], UUID],
+        lease_timeout: Callable[[], float],
+    ) -> None:
+        self.store = store
+        self.transport = transport
+        self.worker_id = worker_id
+        self.lease_timeout = lease_timeout
+        self.local_runs = LocalRuns()
+
+    def deliver(
+        self,
+        actor: DurableActor,
+        delivery: MessageProxy,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Any:
+        """Run one delivery; return the JSON result to hand to Dramatiq (or None)."""
+        execution_id = execution_id_of(delivery)
+        with self.local_runs.reserve(execution_id) as free:
+            try:
+                if not free:
+                    self._defer(delivery, execution_id, "runs in another thread of this worker")
+                run = self._acquire(actor, delivery, execution_id, args, kwargs)
+            except DatabaseUnavailable as error:
+                raise self._abandon(delivery, execution_id, error) from error
+            if isinstance(run, Replay):
+                return run.result
+            return self._execute(run, actor, args, kwargs)
+
+    # -- Taking the execution ------------------------------------------------
+
+    def _acquire(
+        self,
+        actor: DurableActor,
+        delivery: MessageProxy,
+        execution_id: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Run | Replay:
+        seq = int(delivery.options.get(SEQ, 0))
+        worker_id = self.worker_id()
+        acquired = lifecycle.acquire(self.store, execution_id, seq, worker_id)
+        if (
+            acquired is None
+            and seq == 0
+            and self._create_on_first_delivery(actor, delivery, execution_id, args, kwargs)
+        ):
+            acquired = lifecycle.acquire(self.store, execution_id, seq, worker_id)
+        if acquired is None:
+            return self._refuse(delivery, execution_id, seq)
+        run = Run(
+            execution_id=execution_id,
+            seq=seq,
+            token=acquired.token,
+            worker_id=worker_id,
+            delivery=delivery,
+            store=self.store,
+            transport=self.transport,
+            journal={entry["key"]: entry for entry in acquired.journal},
+        )
+        if acquired.expired:
+            self._time_out(run)
+        return run
+
+    def _create_on_first_delivery(
+        self,
+        actor: DurableActor,
+        delivery: MessageProxy,
+        execution_id: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> bool:
+        """An execution started with a plain ``send()`` begins with its first delivery."""
+        message = continuation(delivery, **{EXECUTION_ID: execution_id})
+        timeout = actor.durable_timeout
+
+        def create(tx: Transaction) -> bool:
+            return lifecycle.create(
+                self.store,
+                tx,
+                execution_id,
+                actor_name=actor.actor_name,
+                queue_name=actor.queue_name,
+                input_hash=input_hash(list(args), kwargs),
+                input={"args": list(args), "kwargs": kwargs},
+                timeout_s=None if timeout is None else timeout.total_seconds(),
+                message=message.encode(),
+            )
+
+        return self.store.atomically(create)
+
+    def _refuse(self, delivery: MessageProxy, execution_id: str, seq: int) -> Replay:
+        state = self.store.fetchone("delivery_outcome", id=execution_id)
+        if state is None:
+            raise _stop(delivery, f"execution {execution_id!r} does not exist")
+        status, wake_seq, owned, result, finished_by = state
+        if (
+            status == lifecycle.COMPLETED
+            and not self.transport.atomic
+            and finished_by == delivery_id(delivery)
+        ):
+            # Elsewhere a crash may fall between the completion and the ack: a
+            # redelivery of the very message that completed it hands the recorded
+            # result to Dramatiq again (callbacks, pipelines). Any other copy is stale.
+            return Replay(result)
+        if status in lifecycle.TERMINAL:
+            raise _stop(delivery, f"execution {execution_id!r} already ended {status}")
+        if wake_seq != seq:
+            raise _stop(delivery, f"stale delivery of execution {execution_id!r}")
+        if owned:
+            self._defer(delivery, execution_id, "is running elsewhere")
+        raise _stop(delivery, f"execution {execution_id!r} is not runnable ({status})")
+
+    def _defer(self, delivery: MessageProxy, execution_id: str, why: str) -> None:
+        """Come back once the running body's worker could have been presumed lost."""
+        delay_ms = int(self.lease_timeout() * 1000)
+
+        def defer(tx: Transaction) -> None:
+            self.transport.send(tx, continuation(delivery), delay_ms)
+            self.transport.settle(tx, delivery)
+
+        self.store.atomically(defer)
+        raise _stop(delivery, f"execution {execution_id!r} {why}; looking again in {delay_ms} ms")
+
+    # -- Running the body ----------------------------------------------------
+
+    def _execute(
+        self, run: Run, actor: DurableActor, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        context = activate(run)
+        try:
+            try:
+                loaded_args, loaded_kwargs = actor.load_arguments(args, kwargs)
+                value = actor.fn(*loaded_args, **loaded_kwargs)
+                run.ensure_active()  # the body swallowed a Suspended and returned
+                data = dump(
+                    value, actor.return_annotation, what=f"the result of {actor.actor_name}"
+                )
+            finally:
+                deactivate(context)
+        except Paused as paused:
+            self._paused(run, paused)
+            raise
+        except BaseException as error:
+            if run.suspension is not None:
+                raise run.suspension from error
+            self._failed(run, actor, error)
+            raise
+        self._end(run, lifecycle.COMPLETED, result=data)
+        return data if _result_consumed(actor, run.delivery) else None
+
+    def _paused(self, run: Run, paused: Paused) -> None:
+        if isinstance(paused, Suspended):
+            return
+        if isinstance(paused, Abandoned):
+            self._abandon(run.delivery, run.execution_id, paused)
+            return
+        if isinstance(paused, DeadlinePassed):
+            self._time_out(run)
+        end_quietly(run.delivery)
+        self._let_go(run)
+
+    def _failed(self, run: Run, actor: DurableActor, error: BaseException) -> None:
+        """Pause for a retry, or fail for good; raises a Paused when it did not fail."""
+        if isinstance(error, DatabaseUnavailable):
+            raise self._abandon(run.delivery, run.execution_id, error) from error
+        delay_ms = None if _is_final(error, run) else retry_delay_ms(actor, run.delivery, error)
+        if delay_ms is None:
+            self._end(run, lifecycle.FAILED, error=error_to_json(error))
+            # Dramatiq's Retries must not run it again: the failure is recorded.
+            run.delivery.options["max_retries"] = 0
+            return
+        retries = int(run.delivery.options.get(RETRIES, 0)) + 1
+        logger.warning(
+            "Execution %r raised %s; running it again in %d ms (retry %d).",
+            run.execution_id,
+            type(error).__name__,
+            delay_ms,
+            retries,
+            exc_info=error,
+        )
+
+        def pause(tx: Transaction) -> None:
+            run.suspend(
+                tx,
+                status=lifecycle.RETRYING,
+                wake_in_s=delay_ms / 1000,
+                options={RETRIES: retries},
+            )
+
+        self._commit(run, pause)
+        assert run.suspension is not None
+        raise run.suspension from error
+
+    # -- Ending the run ------------------------------------------------------
+
+    def _end(self, run: Run, status: str, **outcome: Any) -> None:
+        def finish(tx: Transaction) -> None:
+            lifecycle.finish(
+                self.store, tx, run.ref, status, delivery=delivery_id(run.delivery), **outcome
+            )
+            self.transport.settle(tx, run.delivery)
+
+        self._commit(run, finish)
+
+    def _time_out(self, run: Run) -> None:
+        self._end(
+            run,
+            lifecycle.TIMED_OUT,
+            error={"type": "ExecutionTimeout", "message": "the execution passed its deadline"},
+        )
+        raise _stop(run.delivery, f"execution {run.execution_id!r} passed its deadline")
+
+    def _commit(self, run: Run, unit: Callable[[Transaction], None]) -> None:
+        """Commit one of the run's own transitions; a refusal or an outage stops the run."""
+        try:
+            self.store.atomically(unit)
+        except Refused:
+            end_quietly(run.delivery)
+            self._let_go(run)
+            raise
+        except DatabaseUnavailable as error:
+            raise self._abandon(run.delivery, run.execution_id, error) from error
+
+    def _let_go(self, run: Run) -> None:
+        """A stopped run releases its execution, so that a retry may start a new one."""
+        try:
+            lifecycle.release_owner(self.store, run.ref)
+        except DatabaseUnavailable:
+            logger.warning("Could not release execution %r; the sweeper will.", run.execution_id)
+
+    def _abandon(
+        self, delivery: MessageProxy, execution_id: str, error: BaseException
+    ) -> Abandoned:
+        logger.warning(
+            "Execution %r: could not record the run's outcome (%s); it resumes from its "
+            "journal once the database answers.",
+            execution_id,
+            error,
+        )
+        self.transport.hand_back(delivery)
+        end_quietly(delivery)
+        return Abandoned(f"execution {execution_id!r}: {error}")
+
+
+def execution_id_of(message: MessageProxy) -> str:
+    return str(message.options.get(EXECUTION_ID) or message.message_id)
+
+
+def _is_final(error: BaseException, run: Run) -> bool:
+    """Whether ``error`` comes from a recorded failure, or could only happen again."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, NonDeterminismError | SerializationError) or any(
+            current is final for final in run.final_errors
+        ):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def _result_consumed(actor: DurableActor, delivery: MessageProxy) -> bool:
+    """Whether Dramatiq does something with the actor's return value.
+
+    The result is kept on the execution anyway; handing it to Dramatiq when
+    nothing there uses it only earns a warning that it was discarded.
+    """
+    options = delivery.options
+    return (
+        has_results_middleware(actor.broker)
+        or options.get("pipe_target") is not None
+        or (options.get("on_success") or actor.options.get("on_success")) is not None
+    )
+
+
+def _stop(delivery: MessageProxy, reason: str) -> Stopped:
+    end_quietly(delivery)
+    return Stopped(reason)

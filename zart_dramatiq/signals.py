@@ -1,0 +1,37 @@
+"""How a delivery of a durable actor ends without a result.
+
+Each is a Dramatiq ``SkipMessage``, so Retries, Callbacks, Pipelines and
+Results treat the delivery as neither a success nor a failure.
+"""
+
+from __future__ import annotations
+
+from dramatiq.middleware import SkipMessage
+
+
+class Paused(SkipMessage):
+    """The delivery ended without a result; what happens next is already recorded."""
+
+
+class Suspended(Paused):
+    """The body paused durably; its resuming message is already scheduled."""
+
+
+class Stopped(Paused):
+    """The delivery has nothing (more) to run: cancelled, timed out, stale or duplicate."""
+
+
+class Refused(Stopped):
+    """A write of this run was refused: another run took the execution, or it left ``running``."""
+
+
+class DeadlinePassed(Stopped):
+    """The execution passed its deadline; the runner records it as timed out."""
+
+
+class Abandoned(Paused):
+    """The run could not record its outcome (the database stayed unreachable).
+
+    The delivery is handed back where the broker allows it, and the sweeper
+    resumes the execution from its journal once the database answers.
+    """

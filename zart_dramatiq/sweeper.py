@@ -1,0 +1,128 @@
+"""The sweeper: executions that nothing would resume are resumed.
+
+Once a heartbeat, in each worker process:
+
+* a run that ended without recording its end — its worker was presumed
+  lost, or its writes kept failing while the database was away — is
+  abandoned (``running -> retrying``) and resumed from its journal;
+* a stopped run of this process that could not release its execution
+  releases it now;
+* on brokers other than broker_pg, where a checkpoint and the message that
+  resumes it are two writes, an overdue wake-up is sent again.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from datetime import timedelta
+from uuid import UUID
+
+from dramatiq import Message
+
+from broker_pg import DatabaseUnavailable
+
+from . import lifecycle
+from .lifecycle import RunRef
+from .run import EXECUTION_ID, SEQ, continuation
+from .runner import LocalRuns
+from .store import Store, Transaction
+from .transport import Transport
+
+logger = logging.getLogger(__name__)
+
+
+class Sweeper:
+    def __init__(
+        self,
+        store: Store,
+        transport: Transport,
+        local_runs: LocalRuns,
+        *,
+        worker_id: Callable[[], UUID],
+        interval: float,
+        repair_after: timedelta,
+    ) -> None:
+        self.store = store
+        self.transport = transport
+        self.local_runs = local_runs
+        self.worker_id = worker_id
+        self.interval = interval
+        self.repair_after = repair_after
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._failing = False
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._stopping.clear()
+            self._thread = threading.Thread(target=self._loop, name="zart-sweeper", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=self.interval + 5)
+        self._thread = None
+
+    def _loop(self) -> None:
+        while not self._stopping.wait(self.interval):
+            try:
+                self.sweep()
+                self._failing = False
+            except DatabaseUnavailable as e:
+                if not self._failing:
+                    logger.warning("Sweeper: %s Trying again every %.1fs.", e, self.interval)
+                self._failing = True
+            except Exception:
+                logger.exception("Sweeper failed; trying again.")
+
+    def sweep(self) -> int:
+        """One round; return how many executions it set going again."""
+        resumed = 0
+        for execution_id, token, status, mine in self.store.fetchall(
+            "owned_runs", worker_id=self.worker_id()
+        ):
+            if execution_id in self.local_runs:
+                continue  # its run is still going, here
+            run = RunRef(execution_id, token)
+            if status == lifecycle.RUNNING:
+                resumed += self._resume(run)
+            elif mine:
+                lifecycle.release_owner(self.store, run)
+        if not self.transport.atomic:
+            resumed += self.repair_lost_wakeups()
+        return resumed
+
+    def _resume(self, run: RunRef) -> int:
+        def abandon(tx: Transaction) -> int:
+            found = lifecycle.abandon(self.store, tx, run)
+            if found is None:
+                return 0  # it moved on meanwhile
+            seq, payload = found
+            message = continuation(Message.decode(payload), **{SEQ: seq})
+            row_id = self.transport.send(tx, message, 0)
+            if row_id is not None:
+                self.store.run(tx, "set_wake_message", id=run.execution_id, row_id=row_id)
+            return 1
+
+        resumed = self.store.atomically(abandon)
+        if resumed:
+            logger.warning(
+                "Execution %r: its run ended without recording its end (its worker was lost, "
+                "or the database was unreachable); resuming it from its journal.",
+                run.execution_id,
+            )
+        return resumed
+
+    def repair_lost_wakeups(self) -> int:
+        """Send again the resuming messages a non-transactional broker may have lost."""
+        rows = self.store.fetchall("repair_lost_wakeups", grace_s=self.repair_after.total_seconds())
+        for payload, seq in rows:
+            message = continuation(Message.decode(payload), **{SEQ: seq})
+            logger.warning(
+                "Re-sending the overdue wake-up of execution %s.", message.options.get(EXECUTION_ID)
+            )
+            self.transport.broker.enqueue(message)
+        return len(rows)
