@@ -6,7 +6,8 @@ import threading
 import uuid
 from collections import Counter
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import Any
 
 import dramatiq
 import pytest
@@ -15,7 +16,7 @@ from dramatiq import Worker
 import zart_dramatiq as zart
 from broker_pg import PostgresBroker
 from tests.support import Cli, wait_until
-from zart_dramatiq.cli import main
+from zart_dramatiq.cli import build_parser, main
 
 
 def test_migrate_applies_once_then_reports_up_to_date(
@@ -179,6 +180,8 @@ def test_executions_list_show_send_event_and_cancel_finished(
         "waiting",
         "go",
     )
+    # A listing does not load steps, so it does not claim there are none.
+    assert "steps" not in listed
     assert cli.json("executions", "list", "--status", "completed") == []
     table = cli.ok("executions", "list", "--status", "waiting").splitlines()
     assert table[0].split()[:3] == ["ID", "ACTOR", "STATUS"]
@@ -214,6 +217,149 @@ def test_executions_list_show_send_event_and_cancel_finished(
     assert "already ended completed" in cli.fails("cancel", execution_id)
     assert "already ended completed" in cli.fails("send-event", execution_id, "go", "{}")
     assert repr("nope") in cli.fails("executions", "show", "nope")
+
+
+def _field(text: str, label: str) -> str:
+    """The value of ``label`` in the header of `executions show`."""
+    return (
+        next(line for line in text.splitlines() if line.startswith(f"{label}  "))
+        .split("  ", 1)[1]
+        .strip()
+    )
+
+
+def test_executions_show_the_inbox_the_step_in_flight_and_the_earlier_wake_up(
+    cli: Cli, broker: PostgresBroker, start_worker: Callable[..., Worker]
+) -> None:
+    @zart.durable(timeout=timedelta(hours=1))
+    @dramatiq.actor(broker=broker, queue_name="inbox", max_retries=0)
+    def flow() -> None:
+        zart.wait_for_event("go", timeout=timedelta(minutes=10))
+        zart.sleep("nap", timedelta(days=1))
+
+    start_worker(broker)
+    execution_id = zart.start(flow).execution_id
+    wait_until(
+        lambda: _status(cli, execution_id) == "waiting", timeout=20, message="the event wait"
+    )
+    # The wait times out before the deadline: that is when it wakes.
+    shown = cli.json("executions", "show", execution_id)
+    assert shown["wake_up"] == {"at": shown["wake_at"], "by": "wake_at"}
+    assert shown["events"] == []
+    text = cli.ok("executions", "show", execution_id)
+    assert _field(text, "wakes at").endswith("(the event wait times out)")
+    assert _field(text, "in flight") == "event:go (waiting)"
+    assert text.rstrip().endswith("(no events)")
+
+    # One event is kept in the inbox; the other is consumed by the wait.
+    cli.ok("send-event", execution_id, "note", '"later"', "--key", "k1")
+    cli.ok("send-event", execution_id, "go", "{}")
+    wait_until(lambda: _status(cli, execution_id) == "sleeping", timeout=20, message="the sleep")
+
+    # The sleep ends after the deadline: the deadline wakes it, to time it out.
+    shown = cli.json("executions", "show", execution_id)
+    assert datetime.fromisoformat(shown["wake_at"]) > datetime.fromisoformat(shown["deadline"])
+    assert shown["wake_up"] == {"at": shown["deadline"], "by": "deadline"}
+    assert [(e["name"], e["key"], e["consumed_by"]) for e in shown["events"]] == [
+        ("note", "k1", None),
+        ("go", None, "event:go"),
+    ]
+    assert all(e["sent_at"] for e in shown["events"])
+    text = cli.ok("executions", "show", execution_id)
+    assert _field(text, "wakes at") == f"{_local(shown['deadline'])} (the deadline: it times out)"
+    assert _field(text, "in flight") == "sleep:nap (waiting)"
+    inbox = text.split("\n\n")[-1].splitlines()
+    assert inbox[0].split() == ["EVENT", "KEY", "SENT", "CONSUMED", "BY"]
+    assert inbox[1].split()[:2] == ["note", "k1"] and inbox[1].split()[-1] == "-"
+    assert inbox[2].split()[:2] == ["go", "-"] and inbox[2].split()[-1] == "event:go"
+
+
+def _local(iso: str) -> str:
+    """A timestamp from the JSON output as the table shows it."""
+    return datetime.fromisoformat(iso).astimezone().isoformat(sep=" ", timespec="seconds")
+
+
+def test_executions_wait_prints_the_result_or_the_error(
+    cli: Cli, broker: PostgresBroker, start_worker: Callable[..., Worker]
+) -> None:
+    @zart.durable
+    @dramatiq.actor(broker=broker, queue_name="waited", max_retries=0)
+    def flow(n: int) -> dict[str, int]:
+        zart.sleep("pause", timedelta(milliseconds=300))
+        if n < 0:
+            raise ValueError(f"cannot take {n}")
+        return {"n": n}
+
+    @zart.durable
+    @dramatiq.actor(broker=broker, queue_name="waited", max_retries=0)
+    def parked() -> None:
+        zart.wait_for_event("never")
+
+    start_worker(broker)
+    good = zart.start(flow, 2).execution_id
+    bad = zart.start(flow, -1).execution_id
+    assert cli.ok("executions", "wait", good, "--timeout", "30s") == (
+        f'execution {good!r} completed: {{"n": 2}}\n'
+    )
+    assert cli.json("executions", "wait", good) == {"n": 2}
+
+    error = cli.fails("executions", "wait", bad, "--timeout", "30s")
+    assert f"execution {bad!r} ended failed" in error
+    assert "ValueError: cannot take -1" in error
+
+    waiting = zart.start(parked).execution_id
+    wait_until(lambda: _status(cli, waiting) == "waiting", timeout=20, message="the event wait")
+    assert f"execution {waiting!r} is still waiting after 0.3s" in cli.fails(
+        "executions", "wait", waiting, "--timeout", "0.3"
+    )
+    assert "'nope'" in cli.fails("executions", "wait", "nope")
+
+    # Ended just now: a 7-day retention keeps both; none at all purges them.
+    assert cli.ok("executions", "purge", "--older-than", "7d") == "purged 0 ended executions\n"
+    assert cli.ok("executions", "purge", "--older-than", "0s") == "purged 2 ended executions\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("45", timedelta(seconds=45)),
+        ("1.5", timedelta(seconds=1.5)),
+        ("30s", timedelta(seconds=30)),
+        ("90m", timedelta(minutes=90)),
+        ("12h", timedelta(hours=12)),
+        ("7d", timedelta(days=7)),
+    ],
+)
+def test_durations_are_seconds_or_take_a_unit(text: str, expected: timedelta) -> None:
+    args = build_parser().parse_args(["executions", "purge", "--older-than", text])
+    assert args.older_than == expected
+
+
+@pytest.mark.parametrize("text", ["7 days", "7w", "-1", "d", ""])
+def test_an_invalid_duration_is_a_usage_error_giving_the_syntax(
+    capsys: pytest.CaptureFixture[str], text: str
+) -> None:
+    assert main(["executions", "purge", "--older-than", text]) == 2
+    error = capsys.readouterr().err
+    assert f"argument --older-than: invalid duration {text!r}" in error
+    assert "(30s, 90m, 12h, 7d)" in error
+
+
+def test_send_event_without_a_payload_sends_null(
+    cli: Cli, broker: PostgresBroker, start_worker: Callable[..., Worker]
+) -> None:
+    @zart.durable
+    @dramatiq.actor(broker=broker, queue_name="nulls", max_retries=0)
+    def flow() -> dict[str, Any]:
+        return {"payload": zart.wait_for_event("go")}
+
+    start_worker(broker)
+    execution_id = zart.start(flow).execution_id
+    wait_until(
+        lambda: _status(cli, execution_id) == "waiting", timeout=20, message="the event wait"
+    )
+    assert cli.ok("send-event", execution_id, "go").startswith("sent event 'go'")
+    assert cli.json("executions", "wait", execution_id, "--timeout", "20") == {"payload": None}
 
 
 def test_cancel_a_waiting_execution_removes_its_wake_up(

@@ -71,6 +71,7 @@ def test_onboarding_retries_the_email_and_compensates(
     assert (team["status"], team["attempts"]) == ("failed", 1)
     assert team["error"]["type"] == "examples.onboarding.WorkspaceQuotaExceeded"
     assert steps["step:create-personal-workspace"]["status"] == "completed"
+    assert_no_discarded_result_warning(processes)
 
 
 def test_approval_waits_for_a_decision_sent_with_the_cli(
@@ -125,3 +126,10 @@ def test_approval_waits_for_a_decision_sent_with_the_cli(
     )
     assert shown.returncode == 0, shown.stderr
     assert "status       completed" in shown.stdout
+    assert_no_discarded_result_warning(processes)
+
+
+def assert_no_discarded_result_warning(processes: Processes) -> None:
+    """The workers did not log Dramatiq's warning that an actor's return value was discarded."""
+    log = processes.output()
+    assert "returned a value that is not None" not in log, log

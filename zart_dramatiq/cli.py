@@ -6,7 +6,10 @@ Examples::
     zart-dramatiq queues
     zart-dramatiq dead-letters list --queue orders
     zart-dramatiq executions show order-42
+    zart-dramatiq executions wait order-42 --timeout 5m
+    zart-dramatiq executions purge --older-than 30d
     zart-dramatiq send-event order-42 shipment_ready '{"tracking_number": "1Z999"}'
+    zart-dramatiq embedded status
 
 The database is ``--url``, else ``DATABASE_URL``, else the embedded server;
 the schema is ``--schema``, else ``ZART_SCHEMA``, else ``zart``. An
@@ -20,6 +23,7 @@ import argparse
 import dataclasses
 import json
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
@@ -31,13 +35,22 @@ from dramatiq.cli import import_broker
 from dramatiq.errors import BrokerError
 
 import zart_dramatiq as zart
-from broker_pg import Database, PostgresBroker, migrate
+from broker_pg import Database, PostgresBroker, embedded, migrate
 from broker_pg.sqlfile import Queries
 
+from .client import ExecutionInfo
 from .errors import ZartError
-from .middleware import TERMINAL, middleware_for
+from .lifecycle import TERMINAL
+from .middleware import middleware_for
+from .serialization import dump
 
 PROG = "zart-dramatiq"
+
+#: The exit status of `embedded status` when the server is down, as for `pg_ctl status`.
+EXIT_NOT_RUNNING = 3
+
+#: The columns of an execution's inbox, as execution_events returns them.
+EVENT_FIELDS = ("name", "key", "sent_at", "consumed_by")
 
 #: Every status an execution can have (see the executions table).
 STATUSES = (
@@ -51,6 +64,13 @@ STATUSES = (
     "cancelled",
     "timed_out",
 )
+
+#: What wakes an execution suspended in each status, unless its deadline comes first.
+WAKE_REASONS = {
+    "sleeping": "the sleep ends",
+    "waiting": "the event wait times out",
+    "retrying": "the step is retried",
+}
 
 
 class CommandError(Exception):
@@ -97,6 +117,10 @@ class Session:
         """The schema in use: the imported broker's, once imported, else the configured one."""
         return self.database.schema if self._broker is not None else self.schema
 
+    def queries(self) -> Queries:
+        """The command line's own queries, on the schema in use."""
+        return Queries("zart_dramatiq", "cli_queries.sql", self.database.schema)
+
     @property
     def database(self) -> Database:
         """Where executions (and, on broker_pg, messages) are kept."""
@@ -139,7 +163,7 @@ def cmd_migrate(session: Session, args: argparse.Namespace) -> int:
 
 def cmd_queues(session: Session, args: argparse.Namespace) -> int:
     broker = session.postgres_broker("queues")
-    queries = Queries("zart_dramatiq", "cli_queries.sql", broker.db.schema)
+    queries = session.queries()
     with broker.db.connection() as conn:
         counts = conn.execute(queries["queue_counts"]).fetchall()
         workers = conn.execute(queries["live_workers"]).fetchall()
@@ -224,7 +248,8 @@ def cmd_dead_letters_purge(session: Session, args: argparse.Namespace) -> int:
 def cmd_executions_list(session: Session, args: argparse.Namespace) -> int:
     executions = zart.list_executions(args.status, limit=args.limit, broker=session.broker)
     if args.json:
-        _print_json([dataclasses.asdict(e) for e in executions])
+        # A listing does not load steps: `executions show ID` has them.
+        _print_json([_without_steps(e) for e in executions])
         return 0
     print(
         _table(
@@ -249,9 +274,19 @@ def cmd_executions_list(session: Session, args: argparse.Namespace) -> int:
 
 def cmd_executions_show(session: Session, args: argparse.Namespace) -> int:
     info = zart.get_execution(args.execution_id, broker=session.broker)
+    with session.database.connection() as conn:
+        events = conn.execute(session.queries()["execution_events"], {"id": info.id}).fetchall()
+    wake_up = _wake_up(info)
     if args.json:
-        _print_json(dataclasses.asdict(info))
+        _print_json(
+            {
+                **dataclasses.asdict(info),
+                "wake_up": None if wake_up is None else {"at": wake_up[0], "by": wake_up[1]},
+                "events": [dict(zip(EVENT_FIELDS, row, strict=True)) for row in events],
+            }
+        )
         return 0
+    in_flight = [f"{s.key} ({s.status})" for s in info.steps if s.finished_at is None]
     fields: list[tuple[str, Any]] = [
         ("execution", info.id),
         ("actor", f"{info.actor_name} (queue {info.queue_name})"),
@@ -261,7 +296,8 @@ def cmd_executions_show(session: Session, args: argparse.Namespace) -> int:
         ("finished", info.finished_at),
         ("deadline", info.deadline),
         ("waiting for", info.waiting_for),
-        ("wake at", info.wake_at),
+        ("wakes at", wake_up and f"{_cell(wake_up[0])} ({_wake_reason(info, wake_up[1])})"),
+        ("in flight", ", ".join(in_flight) or None),
         ("runs", info.runs),
         ("input", _compact_json(info.input)),
     ]
@@ -283,7 +319,7 @@ def cmd_executions_show(session: Session, args: argparse.Namespace) -> int:
                     s.status,
                     s.attempts,
                     s.started_at,
-                    _duration(s.started_at, s.finished_at),
+                    _elapsed(s.started_at, s.finished_at),
                     s.wake_at,
                     _error_text(s.error) if s.error else None,
                 )
@@ -292,6 +328,37 @@ def cmd_executions_show(session: Session, args: argparse.Namespace) -> int:
             empty="no steps yet",
         )
     )
+    print()
+    print(_table(("event", "key", "sent", "consumed by"), events, empty="no events"))
+    return 0
+
+
+def _wake_up(info: ExecutionInfo) -> tuple[datetime, str] | None:
+    """When a suspended execution runs next: at its own wake-up or its deadline, the earlier.
+
+    Returns the time and which of the two it is (``wake_at`` or ``deadline``).
+    """
+    if info.status not in WAKE_REASONS:
+        return None
+    times = [(info.wake_at, "wake_at"), (info.deadline, "deadline")]
+    return min(((at, by) for at, by in times if at is not None), default=None)
+
+
+def _wake_reason(info: ExecutionInfo, by: str) -> str:
+    return "the deadline: it times out" if by == "deadline" else WAKE_REASONS[info.status]
+
+
+def cmd_executions_wait(session: Session, args: argparse.Namespace) -> int:
+    handle = zart.get_handle(args.execution_id, broker=session.broker)
+    timeout = None if args.timeout is None else args.timeout.total_seconds()
+    # Raises ExecutionFailed or ResultTimeout: reported as one line, exit status 1.
+    result = handle.result(timeout=timeout)
+    # Back to JSON: the result comes typed when the actor is declared (--broker).
+    data = dump(result, Any, what=f"the result of {args.execution_id!r}")
+    if args.json:
+        _print_json(data)
+    else:
+        print(f"execution {args.execution_id!r} completed: {_compact_json(data)}")
     return 0
 
 
@@ -322,7 +389,7 @@ def cmd_retry(session: Session, args: argparse.Namespace) -> int:
 
 def cmd_send_event(session: Session, args: argparse.Namespace) -> int:
     try:
-        payload = None if args.payload is None else json.loads(args.payload)
+        payload = json.loads(args.payload)
     except json.JSONDecodeError as e:
         raise CommandError(f"argument JSON: {args.payload!r} is not valid JSON ({e})") from None
     stored = zart.send_event(
@@ -338,6 +405,27 @@ def cmd_send_event(session: Session, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_embedded_status(session: Session, args: argparse.Namespace) -> int:
+    pgdata = embedded.data_dir()
+    server = embedded.running(pgdata)
+    if server is None:
+        print(f"the embedded PostgreSQL is not running; its data directory is {pgdata}")
+        return EXIT_NOT_RUNNING
+    print(f"the embedded PostgreSQL is running (pid {server.pid}); its data directory is {pgdata}")
+    print(f"url: {server.url}")
+    return 0
+
+
+def cmd_embedded_stop(session: Session, args: argparse.Namespace) -> int:
+    pgdata = embedded.data_dir()
+    stopped = embedded.stop(pgdata)
+    if stopped is None:
+        print(f"the embedded PostgreSQL is not running; its data directory is {pgdata}")
+    else:
+        print(f"stopped the embedded PostgreSQL (pid {stopped.pid}); its data stays in {pgdata}")
+    return 0
+
+
 # -- Output -----------------------------------------------------------------
 
 
@@ -349,6 +437,10 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, datetime):
         return value.isoformat()
     return str(value)
+
+
+def _without_steps(info: ExecutionInfo) -> dict[str, Any]:
+    return {k: v for k, v in dataclasses.asdict(info).items() if k != "steps"}
 
 
 def _compact_json(value: Any) -> str:
@@ -384,7 +476,7 @@ def _error_text(error: dict[str, Any]) -> str:
     return f"{error.get('type')}: {_first_line(str(error.get('message') or ''))}"
 
 
-def _duration(started: datetime, finished: datetime | None) -> str | None:
+def _elapsed(started: datetime, finished: datetime | None) -> str | None:
     if finished is None:
         return None
     seconds = (finished - started).total_seconds()
@@ -401,11 +493,20 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _seconds(text: str) -> timedelta:
-    value = float(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be zero or more seconds, got {text}")
-    return timedelta(seconds=value)
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd]?)")
+_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration(text: str) -> timedelta:
+    """A duration: seconds (``3600``), or a number with a unit s, m, h or d (``90m``, ``7d``)."""
+    match = _DURATION.fullmatch(text.strip())
+    if match is None:
+        raise argparse.ArgumentTypeError(
+            f"invalid duration {text!r}: give seconds (3600) or a number with a unit "
+            "s, m, h or d (30s, 90m, 12h, 7d)"
+        )
+    number, unit = match.groups()
+    return timedelta(seconds=float(number) * _UNIT_SECONDS[unit])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -458,7 +559,7 @@ def build_parser() -> argparse.ArgumentParser:
     scope.add_argument("--queue", help="only this queue")
     scope.add_argument("--all", action="store_true", help="every queue")
     sub.add_argument(
-        "--older-than", type=_seconds, metavar="SECONDS", help="only those dead this long"
+        "--older-than", type=_duration, metavar="DURATION", help="only those dead this long"
     )
 
     executions = commands.add_parser("executions", help="inspect and control executions")
@@ -467,9 +568,25 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--status", choices=STATUSES)
     sub.add_argument("--limit", type=_positive_int, default=50)
     json_flag(sub)
-    sub = command(execution_commands, "show", cmd_executions_show, "an execution and its steps")
+    sub = command(
+        execution_commands, "show", cmd_executions_show, "an execution, its steps and its inbox"
+    )
     sub.add_argument("execution_id", metavar="ID")
     json_flag(sub)
+    sub = command(
+        execution_commands,
+        "wait",
+        cmd_executions_wait,
+        "wait for an execution to end; print its result, or fail with its error",
+    )
+    sub.add_argument("execution_id", metavar="ID")
+    sub.add_argument(
+        "--timeout",
+        type=_duration,
+        metavar="DURATION",
+        help="give up after this long (default: never)",
+    )
+    sub.add_argument("--json", action="store_true", help="print the result alone, as JSON")
     for parent in (execution_commands, commands):
         command(parent, "cancel", cmd_cancel, "cancel an execution").add_argument(
             "execution_id", metavar="ID"
@@ -480,7 +597,11 @@ def build_parser() -> argparse.ArgumentParser:
         cmd_executions_purge,
         "delete ended executions (with their steps and events) older than a retention",
     ).add_argument(
-        "--older-than", type=_seconds, metavar="SECONDS", required=True, help="retention"
+        "--older-than",
+        type=_duration,
+        metavar="DURATION",
+        required=True,
+        help="retention: seconds, or a number with a unit s, m, h or d (7d)",
     )
     command(
         execution_commands,
@@ -489,10 +610,22 @@ def build_parser() -> argparse.ArgumentParser:
         "restart a failed, timed out or cancelled execution from its failed step",
     ).add_argument("execution_id", metavar="ID")
 
+    server = commands.add_parser("embedded", help="the embedded PostgreSQL (pgserver)")
+    server_commands = server.add_subparsers(dest="action", required=True, metavar="ACTION")
+    command(
+        server_commands,
+        "status",
+        cmd_embedded_status,
+        "whether it runs, its data directory and URL (exit status 3 when it is not running)",
+    )
+    command(server_commands, "stop", cmd_embedded_stop, "stop it; its data is kept")
+
     sub = command(commands, "send-event", cmd_send_event, "send an event to an execution")
     sub.add_argument("execution_id", metavar="ID", help="the execution's id")
     sub.add_argument("name", metavar="NAME", help="the event's name, as in wait_for_event")
-    sub.add_argument("payload", metavar="JSON", nargs="?", help="the payload (default: null)")
+    sub.add_argument(
+        "payload", metavar="JSON", nargs="?", default="null", help="the payload (default: null)"
+    )
     sub.add_argument("--key", help="deduplication key: an event with a key is delivered once")
     return parser
 

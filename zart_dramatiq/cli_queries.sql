@@ -31,3 +31,11 @@ SELECT w.id, w.hostname, w.pid, w.started_at,
   FROM {schema}.workers AS w
  WHERE EXISTS (SELECT 1 FROM pg_stat_activity AS a WHERE a.pid = w.backend_pid)
  ORDER BY w.started_at, w.id
+
+-- name: execution_events
+-- An execution's inbox in arrival order: consumed_by names the wait that took
+-- an event, NULL while it is kept for a later wait.
+SELECT name, key, sent_at, consumed_by
+  FROM {schema}.events
+ WHERE execution_id = %(id)s
+ ORDER BY id

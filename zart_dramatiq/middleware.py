@@ -234,6 +234,7 @@ class DurableMiddleware(dramatiq.Middleware):
     ) -> Any:
         """Run one delivery of a durable actor; return its JSON result."""
         self.bind(actor.broker)
+        self.sweeper.start()  # also where durable actors were declared after the worker booted
         assert self._runner is not None
         return self._runner.deliver(actor, delivery, args, kwargs)
 

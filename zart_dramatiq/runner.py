@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from dramatiq import MessageProxy
-from dramatiq.worker import has_results_middleware
+from dramatiq.results import Results
 
 from broker_pg import DatabaseUnavailable
 
@@ -50,6 +50,9 @@ if TYPE_CHECKING:
     from .actor import DurableActor
 
 logger = logging.getLogger(__name__)
+
+#: Seconds before a delivery deferred behind a run in this same process looks again.
+LOCAL_DEFER_S = 2.0
 
 
 class LocalRuns:
@@ -113,7 +116,13 @@ class Runner:
         with self.local_runs.reserve(execution_id) as free:
             try:
                 if not free:
-                    self._defer(delivery, execution_id, "runs in another thread of this worker")
+                    # Its body here ends soon or is refused at its next write: look again soon.
+                    self._defer(
+                        delivery,
+                        execution_id,
+                        "runs in another thread of this worker",
+                        min(self.lease_timeout(), LOCAL_DEFER_S),
+                    )
                 run = self._acquire(actor, delivery, execution_id, args, kwargs)
             except DatabaseUnavailable as error:
                 raise self._abandon(delivery, execution_id, error) from error
@@ -202,12 +211,13 @@ class Runner:
         if wake_seq != seq:
             raise _stop(delivery, f"stale delivery of execution {execution_id!r}")
         if owned:
-            self._defer(delivery, execution_id, "is running elsewhere")
+            # Another worker's run ends, or that worker is presumed lost, within a lease.
+            self._defer(delivery, execution_id, "is running elsewhere", self.lease_timeout())
         raise _stop(delivery, f"execution {execution_id!r} is not runnable ({status})")
 
-    def _defer(self, delivery: MessageProxy, execution_id: str, why: str) -> None:
-        """Come back once the running body's worker could have been presumed lost."""
-        delay_ms = int(self.lease_timeout() * 1000)
+    def _defer(self, delivery: MessageProxy, execution_id: str, why: str, delay_s: float) -> None:
+        """Come back after ``delay_s``: another run of the execution is still going."""
+        delay_ms = int(delay_s * 1000)
 
         def defer(tx: Transaction) -> None:
             self.transport.send(tx, continuation(delivery), delay_ms)
@@ -362,8 +372,13 @@ def _result_consumed(actor: DurableActor, delivery: MessageProxy) -> bool:
     nothing there uses it only earns a warning that it was discarded.
     """
     options = delivery.options
+    stores = any(
+        options.get("store_results", actor.options.get("store_results", results.store_results))
+        for results in actor.broker.middleware
+        if isinstance(results, Results)
+    )
     return (
-        has_results_middleware(actor.broker)
+        stores
         or options.get("pipe_target") is not None
         or (options.get("on_success") or actor.options.get("on_success")) is not None
     )

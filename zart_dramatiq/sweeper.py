@@ -14,6 +14,7 @@ Once a heartbeat, in each worker process:
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Callable
 from datetime import timedelta
@@ -52,10 +53,15 @@ class Sweeper:
         self.repair_after = repair_after
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        self._pid: int | None = None
+        self._lock = threading.Lock()
         self._failing = False
 
     def start(self) -> None:
-        if self._thread is None:
+        with self._lock:
+            if self._thread is not None and self._pid == os.getpid():
+                return
+            self._pid = os.getpid()
             self._stopping.clear()
             self._thread = threading.Thread(target=self._loop, name="zart-sweeper", daemon=True)
             self._thread.start()

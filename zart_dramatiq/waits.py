@@ -18,29 +18,33 @@ _NO_DEFAULT: Any = object()
 
 def sleep(name: str, duration: timedelta | float) -> None:
     """Pause the execution for ``duration`` (a timedelta, or seconds); the thread is freed."""
-    _sleep(name, seconds=_seconds(duration, what=f"zart.sleep({name!r}, ...)"), until=None)
+    run = current_run()
+    if isinstance(duration, timedelta):
+        seconds = duration.total_seconds()
+    elif isinstance(duration, int | float) and not isinstance(duration, bool):
+        seconds = float(duration)
+    else:
+        # Running the body again cannot fix its code: the execution fails at once.
+        raise run.final(
+            TypeError(
+                f"zart.sleep({name!r}, ...) takes a timedelta or a number of seconds, "
+                f"not {type(duration).__name__} {duration!r}"
+            )
+        )
+    _sleep(run, name, seconds=seconds, until=None)
 
 
 def sleep_until(name: str, when: datetime) -> None:
     """Pause the execution until ``when`` (timezone-aware)."""
-    if when.tzinfo is None:
-        raise ValueError(f"sleep_until({name!r}) needs a timezone-aware datetime, got {when!r}")
-    _sleep(name, seconds=None, until=when)
-
-
-def _seconds(duration: timedelta | float, *, what: str) -> float:
-    if isinstance(duration, timedelta):
-        return duration.total_seconds()
-    if isinstance(duration, int | float) and not isinstance(duration, bool):
-        return float(duration)
-    raise TypeError(
-        f"{what} takes a timedelta or a number of seconds, not {type(duration).__name__} "
-        f"{duration!r}"
-    )
-
-
-def _sleep(name: str, *, seconds: float | None, until: datetime | None) -> None:
     run = current_run()
+    if when.tzinfo is None:
+        raise run.final(
+            ValueError(f"sleep_until({name!r}) needs a timezone-aware datetime, got {when!r}")
+        )
+    _sleep(run, name, seconds=None, until=when)
+
+
+def _sleep(run: Run, name: str, *, seconds: float | None, until: datetime | None) -> None:
     key = run.key("sleep", name)
     recorded = run.journal.get(key)
     if recorded is not None and (recorded["status"] == "completed" or recorded.get("due")):
