@@ -150,7 +150,9 @@ def test_a_body_that_raises_after_a_cancel_stays_cancelled(broker, worker) -> No
     assert handle.status() == "cancelled"
 
 
-def test_retry_of_a_cancelled_execution_waits_for_its_running_body(broker, worker, effects):
+def test_retry_of_a_cancelled_execution_waits_for_its_running_body(
+    broker, worker, effects, db, schema
+) -> None:
     entered, release = threading.Event(), threading.Event()
     running = Effects()
 
@@ -171,6 +173,14 @@ def test_retry_of_a_cancelled_execution_waits_for_its_running_body(broker, worke
     assert entered.wait(15)
     zart.cancel(handle.execution_id)
     zart.retry(handle.execution_id)  # the cancelled body still runs
+    wait_until(
+        lambda: (
+            running["body"] == 2
+            or scalar(db, schema, "SELECT count(*) FROM {s}.messages WHERE eta > now()") == 1
+        ),
+        timeout=15,
+        message="the retry's delivery to be deferred behind the running body",
+    )
     release.set()
     assert handle.result(timeout=30) == "ok"
     assert running["body"] == 2  # the cancelled run's step, then the new run's: never at once
