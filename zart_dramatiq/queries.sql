@@ -44,10 +44,13 @@ SELECT status, runs FROM {schema}.executions WHERE id = %(id)s
 
 -- name: record_steps
 -- Writes step outcomes, each only while its run is the execution's current one
--- (same token, still running, or cancelled while the step ran: the step did
--- happen; the row lock orders it against takeovers and cancels). A step row that reached a final state is never rewritten: a late
--- write gets the recorded outcome back, and the body goes on with that.
--- Rows come back in input order.
+-- (same token, and still running, or cancelled while the step ran: the step
+-- did happen). A step row that reached a final state is never rewritten: a
+-- write that comes second — a run that was taken over as it wrote, or a
+-- repeated write whose first reply was lost — gets the recorded outcome back,
+-- and its body goes on with that. No row lock is needed: a write racing a
+-- takeover either lands before it or is refused, and the new run adopts
+-- whatever was recorded first. Rows come back in input order.
 WITH batch AS (
     SELECT *
       FROM unnest(%(ids)s::text[], %(tokens)s::int[], %(keys)s::text[], %(kinds)s::text[],
@@ -62,7 +65,6 @@ WITH batch AS (
       FROM batch AS b
       JOIN {schema}.executions AS e
         ON e.id = b.id AND e.runs = b.token AND e.status IN ('running', 'cancelled')
-       FOR SHARE OF e
 ), saved AS (
     INSERT INTO {schema}.steps AS s
            (execution_id, step_key, kind, name, fn, status, result, error, attempts,
