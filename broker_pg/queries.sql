@@ -30,7 +30,8 @@ SELECT pg_notify(%(channel)s, queue_name) FROM (SELECT DISTINCT queue_name FROM 
 -- messages to %(worker_id)s under %(claim_token)s. A lease is (id, deliveries,
 -- lease_owner): a stale settlement matches nothing. Nothing is claimed unless
 -- the worker row exists: a worker presumed lost must not claim under its old
--- identity, and the row lock keeps it from being reaped mid-claim.
+-- identity. (No row lock: rows claimed in the instant of a reap are recovered
+-- with the lost worker's others, and its settlements of them are refused.)
 -- A last row (id NULL) tells whether the worker row exists and, when fewer
 -- than %(limit)s were due, how many seconds until the queue's next delayed message.
 WITH acked AS (
@@ -48,7 +49,7 @@ WITH acked AS (
        AND m.state = 'claimed'
     RETURNING m.queue_name
 ), me AS (
-    SELECT id FROM {schema}.workers WHERE id = %(worker_id)s FOR KEY SHARE
+    SELECT id FROM {schema}.workers WHERE id = %(worker_id)s
 ), due AS (
     SELECT id FROM {schema}.messages
      WHERE queue_name = %(queue_name)s AND state = 'queued' AND eta <= now()

@@ -91,7 +91,7 @@ def test_a_caller_interrupted_while_waiting_wedges_nobody() -> None:
     writer.holding.wait(10)
     for n in (1, 2, 3):
         threads[n].start()
-    wait_until(lambda: group._queue.qsize() == 3, message="three callers queued")
+    wait_until(lambda: len(group._line) == 3, message="three callers in line")
     # Pending while it waits for the writer; it lands as soon as the wait returns.
     raise_in(threads[1])
     writer.release.set()
@@ -106,6 +106,37 @@ def test_a_caller_interrupted_while_waiting_wedges_nobody() -> None:
 def test_a_caller_waits_a_bounded_time() -> None:
     writer = Writer()  # holds its first write until released: a database that hangs
     group = CheckpointWriter(writer, timeout=0.2)
-    with pytest.raises(DatabaseUnavailable, match="not written within"):
-        group.submit(1)
+    with ThreadPoolExecutor(2) as pool:
+        stuck = pool.submit(group.submit, 1)
+        writer.holding.wait(10)
+        with pytest.raises(DatabaseUnavailable, match="not written within"):
+            group.submit(2)
+        writer.release.set()
+        assert stuck.result(10) == 2
+
+
+def test_an_interrupted_writer_passes_its_role_and_its_batch_on() -> None:
+    writer = Writer()
+    group = CheckpointWriter(writer, timeout=10)
+    outcomes: dict[int, object] = {}
+
+    def call(n: int) -> None:
+        try:
+            outcomes[n] = group.submit(n)
+        except BaseException as e:
+            outcomes[n] = e
+
+    leader = threading.Thread(target=call, args=(0,))
+    leader.start()
+    writer.holding.wait(10)
+    followers = [threading.Thread(target=call, args=(n,)) for n in (1, 2)]
+    for thread in followers:
+        thread.start()
+    wait_until(lambda: len(group._line) == 2, message="two callers in line")
+    raise_in(leader)  # lands in the writer as soon as its write returns
     writer.release.set()
+    for thread in (leader, *followers):
+        thread.join(10)
+    assert isinstance(outcomes[0], Interrupted)
+    assert (outcomes[1], outcomes[2]) == (2, 4)
+    assert group.submit(5) == 10
