@@ -59,25 +59,32 @@ class LocalRuns:
     """The executions whose body this process runs now: at most one run each."""
 
     def __init__(self) -> None:
-        self._ids: set[str] = set()
+        #: Execution id -> the thread running its body.
+        self._runs: dict[str, int] = {}
         self._lock = threading.Lock()
 
     @contextmanager
     def reserve(self, execution_id: str) -> Iterator[bool]:
         """Hold ``execution_id`` for a run in this thread; yield False if another thread has it."""
+        thread = threading.get_ident()
         with self._lock:
-            free = execution_id not in self._ids
-            self._ids.add(execution_id)
+            # A thread starting a delivery runs no other body: anything it still holds
+            # was left behind by an asynchronous exception in a release.
+            for stale in [key for key, holder in self._runs.items() if holder == thread]:
+                del self._runs[stale]
+            free = execution_id not in self._runs
+            if free:
+                self._runs[execution_id] = thread
         try:
             yield free
         finally:
             if free:
                 with self._lock:
-                    self._ids.discard(execution_id)
+                    self._runs.pop(execution_id, None)
 
     def __contains__(self, execution_id: object) -> bool:
         with self._lock:
-            return execution_id in self._ids
+            return execution_id in self._runs
 
 
 class Replay:

@@ -161,6 +161,8 @@ def test_cancel_stops_the_body_at_its_next_step_boundary(broker, worker, effects
     release.set()
     with pytest.raises(zart.ExecutionFailed, match="cancelled"):
         handle.result(timeout=15)
+    broker.join(flow.queue_name)  # the body has stopped
+    # The step it was running is recorded (it happened); nothing after it ran.
     steps = [s.key for s in zart.get_execution(handle.execution_id).steps]
     assert steps == ["step:first"]
     assert effects["second"] == 0
