@@ -8,7 +8,7 @@ standard ``dramatiq`` worker. Apply the schema first with ``migrate()`` or
 from .broker import DeadLetter, PostgresBroker
 from .consumer import PostgresMessageProxy
 from .database import DEFAULT_SCHEMA, Database, resolve_url
-from .errors import ConfigurationError, DatabaseUnavailable, MessageEncodeError
+from .errors import ConfigurationError, DatabaseUnavailable, MessageEncodeError, SchemaMissing
 from .migrations import migrate
 from .results import PostgresBackend
 
@@ -22,6 +22,7 @@ __all__ = [
     "PostgresBackend",
     "PostgresBroker",
     "PostgresMessageProxy",
+    "SchemaMissing",
     "migrate",
     "resolve_url",
 ]

@@ -32,6 +32,7 @@ from .consumer import (
 )
 from .database import DEFAULT_SCHEMA, Database, channel_name, unreachable
 from .encoding import encode_message
+from .errors import DatabaseUnavailable, SchemaMissing
 from .listener import Listener
 from .maintenance import Maintenance
 from .presence import WorkerPresence
@@ -355,8 +356,14 @@ class PostgresBroker(dramatiq.Broker):
                 self._listener.start()
             listener = self._listener
         # Claims need the worker row that holds their leases to exist first.
-        if not listener.connected.wait(self.db.connect_timeout):
-            raise unreachable(self.db.url, TimeoutError("the listener could not connect"))
+        if not listener.wait_connected(self.db.connect_timeout):
+            error = listener.last_error
+            if isinstance(error, SchemaMissing | DatabaseUnavailable):
+                # They say what is wrong; a copy, as several consumers may raise it at once.
+                raise type(error)(*error.args) from error
+            raise unreachable(
+                self.db.url, error or TimeoutError("the LISTEN session did not start in time")
+            )
 
     def _on_notify(self, queue_name: str) -> None:
         state = self._states.get(queue_name)
@@ -585,7 +592,8 @@ class PostgresBroker(dramatiq.Broker):
 
     def close(self) -> None:
         listener, self._listener = self._listener, None
-        if listener is not None:
+        if listener is not None and self._pid == os.getpid():
+            # (In a forked child that never consumed, the listener and worker row are the parent's.)
             listener.stop()
             try:
                 with self.db.connection() as conn:

@@ -5,53 +5,48 @@ from __future__ import annotations
 import os
 import re
 import threading
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg import conninfo
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from .errors import ConfigurationError, DatabaseUnavailable
+from .errors import ConfigurationError, DatabaseUnavailable, SchemaMissing
+
+if TYPE_CHECKING:
+    from .notifications import Notifications
 
 #: The schema every table lives in unless told otherwise.
 DEFAULT_SCHEMA = "zart"
 
 _SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
-_EMBEDDED_DIR_ENV = "ZART_EMBEDDED_PGDATA"
+#: SQLSTATEs of a statement naming a table (42P01) or a schema (3F000) that does not exist.
+_UNDEFINED_OBJECT_STATES = frozenset({"42P01", "3F000"})
 
 
 def resolve_url(url: str | None = None) -> str:
     """Return the PostgreSQL URL to use.
 
-    In order: the explicit ``url``, else ``DATABASE_URL``, else an embedded
-    PostgreSQL (pgserver, when the ``embedded`` extra is installed) kept in
-    ``$ZART_EMBEDDED_PGDATA`` or ``./.zart/pgdata``.
+    In order: the explicit ``url``, else ``DATABASE_URL``, else the embedded
+    PostgreSQL (pgserver, when the ``embedded`` extra is installed; see
+    ``broker_pg.embedded``), started if it is not running.
     """
     if url:
         return url
     if env_url := os.environ.get("DATABASE_URL"):
         return env_url
+    from . import embedded
+
     try:
-        with warnings.catch_warnings():
-            # pgserver's platformdirs warns about a missing XDG_RUNTIME_DIR; it copes.
-            warnings.filterwarnings("ignore", module="platformdirs")
-            import pgserver  # type: ignore[import-untyped]
-    except ImportError:
+        return embedded.url()
+    except embedded.NotInstalled:
         raise ConfigurationError(
             "No PostgreSQL configured. Pass url=... or set DATABASE_URL, e.g. "
             "DATABASE_URL=postgresql://postgres@127.0.0.1:5432/postgres, or install the "
             "embedded server with: pip install 'zart-dramatiq[embedded]'"
         ) from None
-    data_dir = Path(os.environ.get(_EMBEDDED_DIR_ENV, ".zart/pgdata")).resolve()
-    data_dir.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", module="platformdirs")
-        # cleanup_mode=None leaves the server running for the worker processes that follow.
-        return str(pgserver.get_server(data_dir, cleanup_mode=None).get_uri())
 
 
 def validate_schema(schema: str) -> str:
@@ -122,6 +117,10 @@ class Database:
     The pool is re-created in a forked child, since connections cannot be
     shared across processes. Connections are in autocommit mode: use
     ``with conn.transaction():`` for several statements that must commit together.
+
+    ``notifications`` is the process's one LISTEN session on this database,
+    shared by everything that waits for NOTIFY; with the pool it makes the
+    budget of ``pool_size + 1`` connections.
     """
 
     def __init__(
@@ -141,6 +140,7 @@ class Database:
         self._lock = threading.Lock()
         self._pool: ConnectionPool | None = None
         self._pid = os.getpid()
+        self._notifications: Notifications | None = None
 
     @property
     def pool(self) -> ConnectionPool:
@@ -160,9 +160,25 @@ class Database:
                 )
             return self._pool
 
+    @property
+    def notifications(self) -> Notifications:
+        """This process's shared LISTEN session on this database (a forked child gets its own)."""
+        from .notifications import Notifications
+
+        with self._lock:
+            hub = self._notifications
+            if hub is None or hub.pid != os.getpid():
+                # A parent's session is left alone: closing it here would end it for the parent.
+                hub = self._notifications = Notifications(self)
+            return hub
+
     @contextmanager
     def connection(self) -> Iterator[psycopg.Connection]:
-        """Lend a pooled connection; raise DatabaseUnavailable if none can be had."""
+        """Lend a pooled connection; raise DatabaseUnavailable if none can be had.
+
+        A statement that fails because this schema or one of its tables does not
+        exist raises SchemaMissing.
+        """
         try:
             with self.pool.connection(timeout=self.connect_timeout) as conn:
                 yield conn
@@ -180,6 +196,25 @@ class Database:
                 self._check_pool()
                 raise unreachable(self.url, e) from e
             raise
+        except (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName) as e:
+            if (missing := self.schema_missing(e)) is not None:
+                raise missing from e
+            raise
+
+    def schema_missing(self, error: BaseException) -> SchemaMissing | None:
+        """The SchemaMissing that ``error`` means, if it names this schema or one of its tables."""
+        if not isinstance(error, psycopg.Error) or error.sqlstate not in _UNDEFINED_OBJECT_STATES:
+            return None
+        detail = error.diag.message_primary or str(error).strip()
+        # 'relation "zart.messages" does not exist' or 'schema "zart" does not exist'.
+        if f'"{self.schema}.' not in detail and f'"{self.schema}"' not in detail:
+            return None
+        where = "" if self.schema == DEFAULT_SCHEMA else f" --schema {self.schema}"
+        return SchemaMissing(
+            f"The schema {self.schema!r} at {describe(self.url)} is not set up ({detail}): "
+            f"run `zart-dramatiq migrate` first (`zart-dramatiq{where} migrate`), "
+            f"or call broker_pg.migrate(url, schema={self.schema!r})."
+        )
 
     def _check_pool(self) -> None:
         with suppress(Exception):
@@ -187,9 +222,19 @@ class Database:
 
     def listen_connection(self) -> psycopg.Connection:
         """Open a dedicated connection outside the pool (for LISTEN)."""
-        return connect(self.url, application_name=f"{self.application_name}-listener")
+        return connect(self.url, application_name=self.listener_name)
+
+    @property
+    def listener_name(self) -> str:
+        """The application_name of this database's LISTEN session."""
+        return f"{self.application_name}-listener"
 
     def close(self) -> None:
+        """Close the LISTEN session and the pool; both reopen if used again."""
+        with self._lock:
+            hub, self._notifications = self._notifications, None
+        if hub is not None and hub.pid == os.getpid():
+            hub.close()
         with self._lock:
             if self._pool is not None and self._pid == os.getpid():
                 self._pool.close()

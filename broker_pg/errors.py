@@ -15,3 +15,7 @@ class DatabaseUnavailable(BrokerConnectionError):
 
 class MessageEncodeError(BrokerError, TypeError):
     """A message argument cannot be encoded; nothing was enqueued."""
+
+
+class SchemaMissing(ConfigurationError):
+    """The schema, or one of its tables, does not exist: it has not been migrated."""

@@ -1,29 +1,28 @@
-"""One LISTEN connection per process: wake-ups in, heartbeats out.
+"""A worker's use of the shared LISTEN session: wake-ups in, heartbeats out.
 
-The thread blocks on notifications for at most one tick, then runs the tick
-callback (the worker heartbeat) on the same connection. Its session is the
-process's sign of life: when the process dies, the session ends with it.
+The Listener rides on ``db.notifications``: it subscribes to one channel and
+runs its callbacks on that session, whose end is the process's sign of death.
 """
 
 from __future__ import annotations
 
-import logging
+import os
 import threading
 from collections.abc import Callable
 
 import psycopg
-from psycopg import sql
 
 from .database import Database
-from .errors import DatabaseUnavailable
-
-logger = logging.getLogger(__name__)
-
-#: Seconds to wait before reconnecting after the connection broke.
-RECONNECT_DELAY = 0.5
+from .errors import ConfigurationError
+from .notifications import Notifications, Subscription
 
 
 class Listener:
+    """``on_notify(payload)`` for each notification on ``channel``;
+    ``on_connect(conn)`` on every (re)connect of the session, before its waiters
+    are woken; ``on_tick(conn)`` about every ``tick_interval`` seconds.
+    """
+
     def __init__(
         self,
         db: Database,
@@ -40,50 +39,50 @@ class Listener:
         self.on_connect = on_connect
         self.on_tick = on_tick
         self.tick_interval = tick_interval
+        #: Set once ``on_connect`` has run on a session.
         self.connected = threading.Event()
-        self._stopping = threading.Event()
-        self._outage = False
-        self._thread = threading.Thread(target=self._run, name="broker_pg-listener", daemon=True)
+        #: Why the latest (re)connect failed; None once connected.
+        self.last_error: BaseException | None = None
+        self._changed = threading.Condition()
+        self._hub: Notifications | None = None
+        self._subscription: Subscription | None = None
 
     def start(self) -> None:
-        self._thread.start()
+        hub = self._hub = self.db.notifications
+        self._subscription = hub.subscribe(self.channel, on_notify=self.on_notify)
+        hub.attach(self)
 
     def stop(self) -> None:
-        self._stopping.set()
-        if self._thread.is_alive() and self._thread is not threading.current_thread():
-            # Wake it from its wait for notifications rather than wait out a whole tick.
-            try:
-                with self.db.connection() as conn:
-                    conn.execute("SELECT pg_notify(%s, '')", (self.channel,))
-            except Exception:
-                logger.debug("Could not wake the listener; waiting for its tick.", exc_info=True)
-            self._thread.join(timeout=self.tick_interval + 5)
+        """Stop; once this returns, no callback of this Listener runs again."""
+        hub, self._hub = self._hub, None
+        if hub is None or hub.pid != os.getpid():
+            return  # a parent process's session: not this process's to touch
+        hub.detach(self)
+        if self._subscription is not None:
+            self._subscription.close()
 
-    def _run(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                with self.db.listen_connection() as conn:
-                    conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)))
-                    self.on_connect(conn)
-                    self.connected.set()
-                    if self._outage:
-                        logger.info("Listener reconnected.")
-                        self._outage = False
-                    self._serve(conn)
-            except (psycopg.Error, OSError, DatabaseUnavailable) as e:
-                # Once per outage, not every attempt.
-                log = logger.debug if self._outage else logger.warning
-                log("Listener connection lost (%s); reconnecting.", e)
-                self._outage = True
-                self._stopping.wait(RECONNECT_DELAY)
-            except Exception:
-                logger.exception("Listener failed; restarting it.")
-                self._stopping.wait(RECONNECT_DELAY)
+    def wait_connected(self, timeout: float) -> bool:
+        """Wait until connected; give up early on a failure waiting cannot cure (no schema)."""
+        with self._changed:
+            self._changed.wait_for(
+                lambda: self.connected.is_set() or isinstance(self.last_error, ConfigurationError),
+                timeout,
+            )
+        return self.connected.is_set()
 
-    def _serve(self, conn: psycopg.Connection) -> None:
-        while not self._stopping.is_set():
-            for notification in conn.notifies(timeout=self.tick_interval):
-                self.on_notify(notification.payload)
-                if self._stopping.is_set():
-                    return
-            self.on_tick(conn)
+    # -- SessionHooks ------------------------------------------------------
+
+    def session_started(self, conn: psycopg.Connection) -> None:
+        self.on_connect(conn)
+        with self._changed:
+            self.last_error = None
+            self.connected.set()
+            self._changed.notify_all()
+
+    def tick(self, conn: psycopg.Connection) -> None:
+        self.on_tick(conn)
+
+    def session_failed(self, error: BaseException) -> None:
+        with self._changed:
+            self.last_error = error
+            self._changed.notify_all()

@@ -9,7 +9,6 @@ from dramatiq import Message
 from dramatiq.encoder import Encoder
 from dramatiq.results import ResultBackend, ResultMissing, ResultTimeout
 from dramatiq.results.backend import DEFAULT_TIMEOUT, Missing, MResult
-from psycopg import sql
 
 from .database import DEFAULT_SCHEMA, Database, channel_name
 from .sqlfile import Queries
@@ -18,7 +17,9 @@ from .sqlfile import Queries
 class PostgresBackend(ResultBackend):
     """Stores actor results in the ``results`` table of ``schema``.
 
-    ``get_result(block=True)`` waits on LISTEN/NOTIFY rather than polling.
+    ``get_result(block=True)`` waits on LISTEN/NOTIFY rather than polling, on
+    the LISTEN session its database shares with everything else in the process
+    (``pool_size + 1`` connections, whatever the number of waiting threads).
     Expired results are purged by the workers' maintenance.
     """
 
@@ -30,9 +31,12 @@ class PostgresBackend(ResultBackend):
         namespace: str = "dramatiq-results",
         encoder: Encoder | None = None,
         pool_size: int = 4,
+        application_name: str = "broker_pg",
     ) -> None:
         super().__init__(namespace=namespace, encoder=encoder)
-        self.db = Database(url, schema=schema, pool_size=pool_size, application_name="broker_pg")
+        self.db = Database(
+            url, schema=schema, pool_size=pool_size, application_name=application_name
+        )
         self.queries = Queries("broker_pg", "queries.sql", self.db.schema)
         self.channel = channel_name(self.db.schema, "results")
 
@@ -47,16 +51,13 @@ class PostgresBackend(ResultBackend):
             return self.unwrap_result(result)
 
         deadline = time.monotonic() + (DEFAULT_TIMEOUT if timeout is None else timeout) / 1000
-        with self.db.listen_connection() as conn:
-            conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)))
-            # Subscribed first, then looked: a result stored in between still wakes us.
+        # Subscribed first, then looked: a result stored in between still wakes us.
+        with self.db.notifications.subscribe(self.channel, payload=key) as stored:
             while (result := self._get(key)) is Missing:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise ResultTimeout(message)
-                for notification in conn.notifies(timeout=remaining):
-                    if notification.payload == key:
-                        break
+                stored.wait(remaining)
         return self.unwrap_result(result)
 
     def _get(self, message_key: str) -> MResult:

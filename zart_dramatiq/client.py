@@ -9,9 +9,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import dramatiq
-from psycopg import sql
-
-from broker_pg.database import connect
 
 from . import lifecycle
 from .actor import DurableActor
@@ -93,9 +90,13 @@ class ExecutionHandle:
         """
         store = self._middleware.store
         deadline = None if timeout is None else time.monotonic() + timeout
-        with connect(store.db.url, application_name=RESULT_WAITER) as conn:
-            conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(store.channel)))
-            # Listening before looking: an end committed in between still wakes us.
+        # On the process's shared LISTEN session, which takes the name that makes the
+        # end of an execution notify (see notify_execution_ended) while it listens.
+        ended = store.db.notifications.subscribe(
+            store.channel, payload=self.execution_id, announce=RESULT_WAITER
+        )
+        # Subscribed before looking: an end committed in between still wakes us.
+        with ended:
             while True:
                 row = store.fetchone("execution_status", id=self.execution_id)
                 if row is None:
@@ -111,9 +112,9 @@ class ExecutionHandle:
                     raise ResultTimeout(
                         f"execution {self.execution_id!r} is still {status} after {timeout}s"
                     )
-                for notification in conn.notifies(timeout=min(remaining or 5.0, 5.0)):
-                    if notification.payload == self.execution_id:
-                        break
+                # At most 5 s: an end that checked for a waiter just before the session
+                # took its name notified nobody.
+                ended.wait(5.0 if remaining is None else min(remaining, 5.0))
 
 
 def start(
