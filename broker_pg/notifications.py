@@ -173,8 +173,9 @@ class Notifications:
         """Subscribe to ``channel`` (to ``payload`` only, if given).
 
         Subscribe before looking at what the notification is about. While the
-        channel is listened to, ``announce`` (if given) becomes the session's
-        application_name, for senders that notify only when someone waits.
+        channel is listened to, ``announce`` (if given) prefixes the session's
+        application_name, for senders that notify only when someone waits (the
+        session's own name follows it, so tools still find it).
         """
         subscription = Subscription(self, channel, payload, on_notify)
         with self._lock:
@@ -271,10 +272,14 @@ class Notifications:
         return self._run is run and not run.stop.is_set()
 
     def _wanted_name(self) -> str:
-        for channel, name in sorted(self._announce.items()):
+        for channel, announce in sorted(self._announce.items()):
             if channel in self._counts or channel in self._listening:
-                return name
+                return self._announced(announce)
         return self.db.listener_name
+
+    def _announced(self, announce: str) -> str:
+        # PostgreSQL keeps 63 bytes of a name: the announcement comes first so it survives.
+        return f"{announce} {self.db.listener_name}"[:63]
 
     def _waiters(self, channels: set[str] | None = None) -> list[Subscription]:
         found = [
@@ -400,7 +405,11 @@ class Notifications:
                 self._released.pop(channel, None)
                 self._announce.pop(channel, None)
             name = self._wanted_name()
-            renamed = {c for c, a in self._announce.items() if a == name and name != self._name}
+            renamed = {
+                c
+                for c, a in self._announce.items()
+                if self._announced(a) == name and name != self._name
+            }
         if name != self._name:
             _set_name(conn, name)
         for channel in sorted(unlisten):

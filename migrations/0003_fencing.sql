@@ -19,3 +19,13 @@ ALTER TABLE executions ADD COLUMN finished_by text;
 -- The sweeper finds runs that ended without releasing their execution (this
 -- process's own, or a lost worker's) through this index.
 CREATE INDEX executions_owned ON executions (run_owner) WHERE run_owner IS NOT NULL;
+
+-- Result waiters now share their process's LISTEN session, whose name starts
+-- with the waiter's name while they wait (the session's own name follows).
+CREATE OR REPLACE FUNCTION notify_execution_ended(channel text, execution_id text, waiter text)
+RETURNS void LANGUAGE sql AS $$
+    SELECT pg_notify(channel, execution_id)
+     WHERE EXISTS (SELECT 1 FROM pg_stat_activity
+                    WHERE datname = current_database()
+                      AND application_name LIKE waiter || '%')
+$$;

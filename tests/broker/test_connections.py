@@ -11,7 +11,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from datetime import datetime
 from typing import Any
 
 import dramatiq
@@ -35,19 +34,16 @@ def broker_sessions(db: psycopg.Connection, application: str = APPLICATION) -> i
     return sessions(db, application)
 
 
-def sessions(
-    db: psycopg.Connection, application: str, *, result_waiter_since: datetime | None = None
-) -> int:
-    """Sessions named ``application...``; and, since the given time, the durable result waiter.
+def sessions(db: psycopg.Connection, application: str) -> int:
+    """Sessions whose name contains ``application``.
 
-    While a durable result waits, the LISTEN session takes the name RESULT_WAITER
-    (ends of executions notify only then).
+    While a durable result waits, the LISTEN session's name starts with
+    RESULT_WAITER (ends of executions notify only then); its own name follows.
     """
     row = db.execute(
         "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-        " AND (application_name LIKE %s"
-        "      OR (application_name = %s AND backend_start >= %s))",
-        (f"{application}%", RESULT_WAITER, result_waiter_since or datetime.max),
+        " AND application_name LIKE %s",
+        (f"%{application}%",),
     ).fetchone()
     assert row is not None
     return int(row[0])
@@ -190,7 +186,6 @@ def test_threads_waiting_for_executions_share_the_workers_listen_session(
 ) -> None:
     application = f"handles-{uuid.uuid4().hex[:8]}"
     pool_size, waiting = 3, 12
-    since = db.execute("SELECT now()").fetchone()[0]  # type: ignore[index]
     broker = make_broker(pool_size=pool_size, application_name=application)
 
     @zart.durable(broker=broker, queue_name="budget_durable")
@@ -211,14 +206,14 @@ def test_threads_waiting_for_executions_share_the_workers_listen_session(
         lambda: hub.subscribers(channel) == waiting and hub.listening(channel),
         message="every thread to wait",
     )
-    # The worker's own LISTEN session serves them: it now bears the waiter's name.
-    assert listener_sessions(db, application) == []
-    assert sessions(db, application, result_waiter_since=since) <= pool_size + 1
+    # The worker's own LISTEN session serves them: its name now starts with the waiter's.
+    assert listener_sessions(db, f"{RESULT_WAITER} {application}")
+    assert sessions(db, application) <= pool_size + 1
 
     peak = 0
     for n, handle in handles.items():
         zart.send_event(handle.execution_id, "go", {"n": n}, broker=broker)
-        peak = max(peak, sessions(db, application, result_waiter_since=since))
+        peak = max(peak, sessions(db, application))
     outcomes = waiters.join()
     assert outcomes == {n: n * 10 for n in handles}
     assert peak <= pool_size + 1

@@ -29,13 +29,13 @@ def message(n: int = 0) -> dramatiq.Message[Any]:
 
 
 def session_pids(db: psycopg.Connection, name: str) -> list[int]:
-    """Server processes of the sessions named ``name`` in the test database."""
+    """Server processes of the sessions whose name starts with ``name`` in the test database."""
     return [
         pid
         for (pid,) in db.execute(
             "SELECT pid FROM pg_stat_activity"
-            " WHERE datname = current_database() AND application_name = %s",
-            (name,),
+            " WHERE datname = current_database() AND application_name LIKE %s",
+            (f"{name}%",),
         ).fetchall()
     ]
 
