@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 from psycopg import conninfo
 from psycopg_pool import ConnectionPool, PoolTimeout
+from psycopg_pool.base import AttemptWithBackoff
 
 from .errors import ConfigurationError, DatabaseUnavailable, SchemaMissing
 
@@ -20,6 +21,9 @@ if TYPE_CHECKING:
 
 #: The schema every table lives in unless told otherwise.
 DEFAULT_SCHEMA = "zart"
+
+#: Longest pause between the pool's attempts to reconnect after the server went away.
+RECONNECT_DELAY_MAX = 0.5
 
 _SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 #: SQLSTATEs of a statement naming a table (42P01) or a schema (3F000) that does not exist.
@@ -150,7 +154,7 @@ class Database:
                 # attempt first fails at once, naming the server.
                 connect(self.url, application_name=self.application_name).close()
                 self._pid = os.getpid()
-                self._pool = ConnectionPool(
+                self._pool = _Pool(
                     self.url,
                     min_size=1,
                     max_size=self.pool_size,
@@ -239,3 +243,21 @@ class Database:
             if self._pool is not None and self._pid == os.getpid():
                 self._pool.close()
             self._pool = None
+
+
+class _Attempt(AttemptWithBackoff):
+    """psycopg_pool's reconnection backoff, capped.
+
+    Uncapped it doubles (1, 2, 4, 8 s...) for as long as the server is down,
+    so after a long outage the pool would wait many seconds after the server
+    is back; capped, it reconnects within ``RECONNECT_DELAY_MAX`` of it.
+    """
+
+    def update_delay(self, now: float) -> None:
+        super().update_delay(now)
+        self.delay = min(self.delay, RECONNECT_DELAY_MAX)
+
+
+class _Pool(ConnectionPool):
+    def _add_connection(self, attempt: AttemptWithBackoff | None, growing: bool = False) -> None:
+        super()._add_connection(attempt or _Attempt(timeout=self.reconnect_timeout), growing)

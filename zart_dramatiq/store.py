@@ -180,7 +180,7 @@ class Store:
         return tenacity.Retrying(
             retry=tenacity.retry_if_exception(_transient),
             stop=tenacity.stop_after_delay(self.write_timeout),
-            wait=tenacity.wait_exponential(multiplier=0.1, max=2.0),
+            wait=tenacity.wait_exponential(multiplier=0.05, max=0.5),
             before_sleep=_log_retry,
             reraise=True,
         )
