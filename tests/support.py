@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -49,6 +50,54 @@ def wait_until(
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(0.01)
     return value
+
+
+# --- External servers -------------------------------------------------------------------------
+
+
+def server_answers(host: str, port: int, *, timeout: float = 0.5) -> bool:
+    """Whether something accepts TCP connections on ``host:port`` within ``timeout`` seconds."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def in_ci() -> bool:
+    """Whether the tests run in CI (``CI=true``, as GitHub Actions and most CI services set)."""
+    return os.environ.get("CI", "").strip().lower() in {"true", "1", "yes"}
+
+
+def require_server(name: str, host: str, port: int, how_to_get_it: str) -> None:
+    """Make sure ``name`` answers on ``host:port`` before a test uses it.
+
+    Outside CI a missing server skips the test, with a reason that says how to get it;
+    with ``CI=true`` it fails the test instead, so CI always runs what needs it. The check
+    is one TCP connect with a short timeout: a missing server costs no time.
+    """
+    if server_answers(host, port):
+        return
+    reason = f"{name} is not running on {host}:{port}: {how_to_get_it}"
+    if in_ci():
+        pytest.fail(f"{reason} (CI=true: tests that need {name} must run)", pytrace=False)
+    pytest.skip(reason)
+
+
+#: How to get the servers some tests need, for ``require_server``.
+REDIS_HOW_TO = "start it with `redis-server --daemonize yes` or `apt-get install redis-server`"
+RABBITMQ_HOW_TO = (
+    "start it with `rabbitmq-server -detached` or `apt-get install rabbitmq-server` "
+    "(the tests log in as guest/guest)"
+)
+
+
+def require_redis(port: int = 6379) -> None:
+    require_server("Redis", "127.0.0.1", port, REDIS_HOW_TO)
+
+
+def require_rabbitmq(port: int = 5672) -> None:
+    require_server("RabbitMQ", "127.0.0.1", port, RABBITMQ_HOW_TO)
 
 
 # --- SQL on a test schema ---------------------------------------------------------------------
@@ -97,8 +146,13 @@ class Processes:
         self.logs = logs
         self.started: list[subprocess.Popen[bytes]] = []
 
-    def dramatiq_worker(self, module: str, *, threads: int) -> subprocess.Popen[bytes]:
-        """``dramatiq <module>``: one worker process with ``threads`` worker threads."""
+    def dramatiq_worker(
+        self, module: str, *, threads: int, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        """``dramatiq <module>``: one worker process with ``threads`` worker threads.
+
+        ``env`` is added to the environment of that process only.
+        """
         return self.start(
             [
                 sys.executable,
@@ -109,7 +163,8 @@ class Processes:
                 "1",
                 "--threads",
                 str(threads),
-            ]
+            ],
+            env=env,
         )
 
     def start(
@@ -132,6 +187,10 @@ class Processes:
         log.close()
         self.started.append(process)
         return process
+
+    def log_of(self, process: subprocess.Popen[bytes]) -> Path:
+        """The log file of ``process`` (one this object started)."""
+        return self.logs / f"process-{self.started.index(process)}.log"
 
     def kill(self, process: subprocess.Popen[bytes]) -> None:
         """SIGKILL the process and every process it started: a crash, no cleanup at all."""

@@ -5,10 +5,14 @@ tables live in another schema than the executions.
 
 There, a checkpoint and the message that resumes it are two writes; a crash in
 between is repaired by the middleware's sweeper, which re-sends overdue wake-ups.
+
+Redis and RabbitMQ are external servers: outside CI a test that needs one that is not
+running is skipped, saying how to get it; with ``CI=true`` it fails instead.
 """
 
 from __future__ import annotations
 
+import socket
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
@@ -21,10 +25,19 @@ from dramatiq.brokers.redis import RedisBroker
 
 import zart_dramatiq as zart
 from broker_pg import PostgresBroker, migrate
-from tests.support import Effects, drop_schema, new_schema_name, wait_until
+from tests.support import (
+    Effects,
+    drop_schema,
+    new_schema_name,
+    require_rabbitmq,
+    require_redis,
+    require_server,
+    wait_until,
+)
 
 
 def make_broker(kind: str, *, port: int | None = None) -> dramatiq.Broker:
+    """A Redis or RabbitMQ broker on 127.0.0.1 (callers check the server first)."""
     if kind == "redis":
         return RedisBroker(
             host="127.0.0.1", port=port or 6379, namespace=f"zart-test-{uuid.uuid4().hex[:8]}"
@@ -40,6 +53,8 @@ def other_broker(request, database_url: str, schema: str) -> Iterator[dramatiq.B
         request.addfinalizer(lambda: drop_schema(database_url, elsewhere))
         broker: dramatiq.Broker = PostgresBroker(database_url, schema=elsewhere)
     else:
+        # Before anything connects: a missing server skips (or fails in CI) at once.
+        {"redis": require_redis, "rabbitmq": require_rabbitmq}[request.param]()
         broker = make_broker(request.param)
     broker.add_middleware(
         zart.DurableMiddleware(database_url, schema=schema, repair_after=timedelta(seconds=0.5)),
@@ -73,10 +88,36 @@ def test_sleep_and_event_on_another_broker(other_broker, effects: Effects) -> No
         worker.stop()
 
 
+def test_a_stale_message_after_completion_fires_no_callback_again(other_broker) -> None:
+    queue = f"q{uuid.uuid4().hex[:8]}"
+    successes: list[int] = []
+
+    @dramatiq.actor(broker=other_broker, queue_name=queue)
+    def on_done(message: dict, result: int) -> None:
+        successes.append(result)
+
+    @zart.durable(broker=other_broker, queue_name=queue)
+    def flow() -> int:
+        zart.sleep("nap", 0.05)  # so the first delivery is stale once the flow resumed
+        return 7
+
+    worker = Worker(other_broker, worker_timeout=100, worker_threads=4)
+    worker.start()
+    try:
+        first = flow.send_with_options(on_success=on_done)
+        wait_until(lambda: successes == [7], timeout=15, message="the on_success callback")
+        other_broker.enqueue(first)  # the first delivery again, after the completion
+        other_broker.join(queue)
+        assert successes == [7]
+    finally:
+        worker.stop()
+
+
 def test_a_start_whose_enqueue_was_lost_is_repaired(
     database_url: str, schema: str, effects: Effects
 ) -> None:
     """The execution commits, then the broker is unreachable: the gap a crash leaves."""
+    require_redis()
     queue = f"q{uuid.uuid4().hex[:8]}"
     unreachable = make_broker("redis", port=1)
     unreachable.add_middleware(zart.DurableMiddleware(database_url, schema=schema))
@@ -112,3 +153,39 @@ def test_a_start_whose_enqueue_was_lost_is_repaired(
         worker.stop()
         reachable.flush_all()
         reachable.close()
+
+
+# --- The skip policy itself --------------------------------------------------------------------
+
+
+@pytest.fixture
+def closed_port() -> Iterator[int]:
+    """A local port that refuses connections: bound (so nobody else takes it), not listening."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield sock.getsockname()[1]
+
+
+def test_a_missing_server_skips_outside_ci_saying_how_to_get_it(
+    closed_port: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception) as skipped:
+        require_server("Redis", "127.0.0.1", closed_port, "start it with `redis-server`")
+    assert str(skipped.value) == (
+        f"Redis is not running on 127.0.0.1:{closed_port}: start it with `redis-server`"
+    )
+
+
+def test_a_missing_server_fails_in_ci(closed_port: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match=r"RabbitMQ is not running on .*apt-get"):
+        require_server("RabbitMQ", "127.0.0.1", closed_port, "apt-get install rabbitmq-server")
+
+
+def test_a_running_server_passes(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CI", "true")
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        require_server("Test", "127.0.0.1", listening.getsockname()[1], "n/a")
