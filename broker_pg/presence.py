@@ -35,8 +35,8 @@ class WorkerPresence:
         self.queries = queries
         self.lease_timeout = lease_timeout
         #: How long a worker whose session ended has to reconnect before it is
-        #: presumed dead: a few heartbeats, at least two seconds.
-        self.session_grace = min(max(2.0, 3 * heartbeat_interval), lease_timeout)
+        #: presumed dead: a heartbeat, plus a second to reconnect (a reconnect beats).
+        self.session_grace = min(heartbeat_interval + 1.0, lease_timeout)
         self._registered = False
 
     def connect(self, conn: psycopg.Connection) -> None:
@@ -66,10 +66,23 @@ class WorkerPresence:
             self._renew_identity()
             self.connect(conn)
         lost = conn.execute(
-            self.queries["reap_lost_workers"], {"grace": self.session_grace}
+            self.queries["reap_lost_workers"],
+            {"grace": self.session_grace, "dead": self._dead_on_this_host(conn)},
         ).fetchall()
         if lost:
             logger.info("Workers presumed lost: %s.", [str(row[0]) for row in lost])
+
+    def _dead_on_this_host(self, conn: psycopg.Connection) -> list[uuid.UUID]:
+        """Workers of this host whose session and process are both gone: surely dead.
+
+        A worker restarted on the same host (or a sibling process) then takes
+        over at once, without waiting for the grace a vanished session gets.
+        """
+        silent = conn.execute(
+            self.queries["silent_workers_on_host"],
+            {"hostname": socket.gethostname(), "worker_id": self.worker_id},
+        ).fetchall()
+        return [worker_id for worker_id, pid in silent if not _process_exists(pid)]
 
     def forked(self) -> None:
         """In a forked child: the parent's row is not this process's."""
@@ -86,3 +99,18 @@ class WorkerPresence:
         old, self.worker_id = self.worker_id, uuid.uuid4()
         self._registered = False
         logger.warning("Worker %s was presumed lost; continuing as %s.", old, self.worker_id)
+
+
+def _process_exists(pid: int) -> bool:
+    """Whether process ``pid`` of this host is alive (a zombie is not: it has exited)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # someone else's process
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return True  # no /proc to tell: alive, as far as we know

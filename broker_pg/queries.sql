@@ -158,17 +158,27 @@ UPDATE {schema}.workers SET heartbeat_at = now() WHERE id = %(worker_id)s RETURN
 -- name: unregister_worker
 DELETE FROM {schema}.workers WHERE id = %(worker_id)s
 
+-- name: silent_workers_on_host
+-- Other workers of this host whose session has ended: the reaper asks the
+-- operating system whether their process still exists.
+SELECT w.id, w.pid FROM {schema}.workers AS w
+ WHERE w.hostname = %(hostname)s AND w.id <> %(worker_id)s
+   AND w.server_started_at = pg_postmaster_start_time()
+   AND NOT EXISTS (SELECT 1 FROM pg_stat_activity AS a WHERE a.pid = w.backend_pid)
+
 -- name: reap_lost_workers
 -- A worker is lost once its heartbeat is older than its own lease. Time the
 -- server itself was down does not count: after a restart every worker has a
 -- whole lease to come back. A session that ended shortens the wait to
 -- %(grace)s seconds, but only within the same server incarnation (a restart
--- ends every session) and only once the worker failed to reconnect meanwhile.
+-- ends every session) and only once the worker failed to reconnect meanwhile;
+-- and to nothing for a worker of this host whose process is gone (%(dead)s).
 DELETE FROM {schema}.workers AS w
  WHERE greatest(w.heartbeat_at, pg_postmaster_start_time())
            < now() - w.lease_timeout * interval '1 second'
     OR (w.server_started_at = pg_postmaster_start_time()
-        AND w.heartbeat_at < now() - %(grace)s * interval '1 second'
+        AND (w.heartbeat_at < now() - %(grace)s * interval '1 second'
+             OR w.id = ANY(%(dead)s::uuid[]))
         AND NOT EXISTS (SELECT 1 FROM pg_stat_activity AS a WHERE a.pid = w.backend_pid))
 RETURNING w.id
 

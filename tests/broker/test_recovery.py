@@ -247,3 +247,27 @@ def test_a_worker_with_a_stale_heartbeat_loses_its_leases(
     healthy_consumer.ack(second)
     healthy_consumer.close()
     assert scalar(db, schema, "SELECT count(*) FROM {s}.messages") == 0
+
+
+def test_a_worker_of_this_host_whose_process_is_gone_is_recovered_at_once(
+    broker: PostgresBroker,
+    gated: dramatiq.Actor,
+    processes: Processes,
+    make_broker: Callable[..., PostgresBroker],
+    db: psycopg.Connection,
+    schema: str,
+) -> None:
+    gated.send(0)
+    victim = claim_one(processes, max_deliveries=5)
+    row_id, _ = map(int, read_line(victim, processes).split())
+    processes.kill(victim)
+    # A worker starting on the same host: its grace for a vanished session is 11 s,
+    # but the operating system says the process is gone.
+    recoverer = make_broker(heartbeat_interval=10)
+    recoverer.declare_queue(QUEUE)
+    consumer = recoverer.consume(QUEUE, prefetch=1, timeout=100)
+    again = wait_until(lambda: next(consumer), timeout=5, message="the message, recovered")
+    assert isinstance(again, PostgresMessageProxy)
+    assert (again.row_id, again.delivery) == (row_id, 2)
+    consumer.ack(again)
+    consumer.close()
