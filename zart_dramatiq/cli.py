@@ -40,7 +40,7 @@ from broker_pg.sqlfile import Queries
 
 from .client import ExecutionInfo
 from .errors import ZartError
-from .lifecycle import TERMINAL
+from .lifecycle import STATUSES, TERMINAL
 from .middleware import middleware_for
 from .serialization import dump
 
@@ -51,19 +51,6 @@ EXIT_NOT_RUNNING = 3
 
 #: The columns of an execution's inbox, as execution_events returns them.
 EVENT_FIELDS = ("name", "key", "sent_at", "consumed_by")
-
-#: Every status an execution can have (see the executions table).
-STATUSES = (
-    "pending",
-    "running",
-    "sleeping",
-    "waiting",
-    "retrying",
-    "completed",
-    "failed",
-    "cancelled",
-    "timed_out",
-)
 
 #: What wakes an execution suspended in each status, unless its deadline comes first.
 WAKE_REASONS = {

@@ -17,7 +17,6 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
-from uuid import UUID
 
 import dramatiq
 from dramatiq import MessageProxy
@@ -63,7 +62,6 @@ class Run:
     execution_id: str
     seq: int
     token: int
-    worker_id: UUID
     delivery: MessageProxy
     store: Store
     transport: Transport

@@ -162,7 +162,6 @@ class Runner:
             execution_id=execution_id,
             seq=seq,
             token=acquired.token,
-            worker_id=worker_id,
             delivery=delivery,
             store=self.store,
             transport=self.transport,

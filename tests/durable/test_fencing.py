@@ -29,7 +29,6 @@ def take_run(broker, execution_id: str, worker_id: uuid.UUID) -> Run:
         execution_id=execution_id,
         seq=0,
         token=acquired.token,
-        worker_id=worker_id,
         delivery=None,  # type: ignore[arg-type]
         store=middleware.store,
         transport=middleware.transport,
