@@ -68,7 +68,7 @@ from psycopg import sql
 import zart_dramatiq as zart
 from broker_pg import PostgresBroker, migrate
 from tests.apps import fault_app
-from tests.support import Processes, drop_schema, new_schema_name
+from tests.support import Processes, drop_schema, new_schema_name, wait_until
 
 FAULT_APP = "tests.apps.fault_app"
 TERMINAL = frozenset({"completed", "failed", "cancelled", "timed_out"})
@@ -457,7 +457,7 @@ class FaultLab:
                     raise AssertionError(f"worker {worker.name} exited: {self.log_tail(worker)}")
             return all(READY_LINE in worker.log.read_text(errors="replace") for worker in workers)
 
-        wait(ready, timeout, "the workers to be ready")
+        wait_until(ready, timeout=timeout, message="the workers to be ready")
 
     def start_workers(self, count: int, *, threads: int = 4) -> list[Worker]:
         workers = [self.start_worker(f"w{i + 1}", threads=threads) for i in range(count)]
@@ -546,7 +546,11 @@ class FaultLab:
     def wait_for_work(self, steps: int | None = None, timeout: float = 60) -> None:
         """Wait until ``steps`` more step runs started (default: one per thread): mid-workflow."""
         goal = self.effect_count() + (steps or self.total_threads)
-        wait(lambda: self.effect_count() >= goal, timeout, f"{goal} step runs to start")
+        wait_until(
+            lambda: self.effect_count() >= goal,
+            timeout=timeout,
+            message=f"{goal} step runs to start",
+        )
 
     def expected_end(self) -> dict[str, str]:
         """Every execution that exists, and the status it must end in."""
@@ -970,15 +974,6 @@ def _first(items: Any, n: int = 3) -> str:
     return shown + (f"; ... ({len(items) - n} more)" if len(items) > n else "")
 
 
-def wait(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := condition()):
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
-    return value
-
-
 # --- Injectors -----------------------------------------------------------------------------------
 # Each applies one fault now, while workflows run, and returns it (recorded on the lab).
 
@@ -1205,15 +1200,15 @@ def run_cancel_race(
     def cancel_later(race: CancelRace, trigger: str, delay_s: float) -> None:
         effects = Db(lab.effects_url, "fault-canceller")
         try:
-            wait(
+            wait_until(
                 lambda: effects.rows(
                     "SELECT 1 FROM {s}.fault_effects WHERE execution_id = %s AND step = %s",
                     race.execution_id,
                     trigger,
                     schema=lab.effects_schema,
                 ),
-                60,
-                f"{race.execution_id} to reach {trigger}",
+                timeout=60,
+                message=f"{race.execution_id} to reach {trigger}",
             )
             time.sleep(delay_s)  # where the cancel lands: the fault's timing
             race.before = zart.cancel(race.execution_id, broker=lab.client)
@@ -1250,12 +1245,12 @@ def run_cancel_race(
         # Once every delivery is settled nothing can change a status any more: read them all
         # one last time, so a late change (a body finishing after the cancel) is seen.
         with contextlib.suppress(AssertionError):
-            wait(
+            wait_until(
                 lambda: lab.db.rows("SELECT count(*) = 0 FROM {s}.messages", schema=lab.schema)[0][
                     0
                 ],
-                20,
-                "every message to be settled",
+                timeout=20,
+                message="every message to be settled",
             )
     finally:
         stop_watching.set()
