@@ -75,18 +75,23 @@ def raise_in(thread: threading.Thread) -> None:
     assert ctypes.pythonapi.PyThreadState_SetAsyncExc(ident, ctypes.py_object(Interrupted)) == 1
 
 
-def test_a_caller_interrupted_while_waiting_wedges_nobody() -> None:
-    writer = Writer()
-    group = CheckpointWriter(writer, timeout=10)
-    outcomes: dict[int, object] = {}
+def caller(group: CheckpointWriter, n: int, outcomes: dict[int, object]) -> threading.Thread:
+    """A thread submitting ``n``; its outcome, or what it raised, lands in ``outcomes``."""
 
-    def call(n: int) -> None:
+    def call() -> None:
         try:
             outcomes[n] = group.submit(n)
         except BaseException as e:
             outcomes[n] = e
 
-    threads = {n: threading.Thread(target=call, args=(n,)) for n in range(4)}
+    return threading.Thread(target=call)
+
+
+def test_a_caller_interrupted_while_waiting_wedges_nobody() -> None:
+    writer = Writer()
+    group = CheckpointWriter(writer, timeout=10)
+    outcomes: dict[int, object] = {}
+    threads = {n: caller(group, n, outcomes) for n in range(4)}
     threads[0].start()
     writer.holding.wait(10)
     for n in (1, 2, 3):
@@ -119,17 +124,10 @@ def test_an_interrupted_writer_passes_its_role_and_its_batch_on() -> None:
     writer = Writer()
     group = CheckpointWriter(writer, timeout=10)
     outcomes: dict[int, object] = {}
-
-    def call(n: int) -> None:
-        try:
-            outcomes[n] = group.submit(n)
-        except BaseException as e:
-            outcomes[n] = e
-
-    leader = threading.Thread(target=call, args=(0,))
+    leader = caller(group, 0, outcomes)
     leader.start()
     writer.holding.wait(10)
-    followers = [threading.Thread(target=call, args=(n,)) for n in (1, 2)]
+    followers = [caller(group, n, outcomes) for n in (1, 2)]
     for thread in followers:
         thread.start()
     wait_until(lambda: len(group._line) == 2, message="two callers in line")
