@@ -97,9 +97,21 @@ def is_connection_error(error: psycopg.Error) -> bool:
 def connect(url: str, *, application_name: str = "zart-dramatiq") -> psycopg.Connection:
     """Open one autocommit connection, translating failures into DatabaseUnavailable."""
     try:
-        return psycopg.connect(url, **_connection_kwargs(application_name))
+        conn = psycopg.connect(url, **_connection_kwargs(application_name))
+        bound_statements(conn)
+        return conn
     except psycopg.OperationalError as e:
         raise unreachable(url, e) from e
+
+
+def bound_statements(conn: psycopg.Connection) -> None:
+    """Bound how long any statement on ``conn`` may wait (a SET, which poolers pass on)."""
+    conn.execute(f"SET statement_timeout = {STATEMENT_TIMEOUT_MS}")
+
+
+#: No statement of ours waits longer than this, lock waits included: a server that
+#: hangs (rather than vanishes) cannot hold a worker thread for ever.
+STATEMENT_TIMEOUT_MS = 300_000
 
 
 def _connection_kwargs(application_name: str) -> dict[str, Any]:
@@ -159,6 +171,7 @@ class Database:
                     min_size=1,
                     max_size=self.pool_size,
                     kwargs=_connection_kwargs(self.application_name),
+                    configure=bound_statements,
                     name=f"{self.application_name}-{self.schema}",
                     open=True,
                 )

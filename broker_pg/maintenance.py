@@ -8,7 +8,7 @@ import time
 
 import psycopg
 
-from .database import Database
+from .database import Database, bound_statements
 from .sqlfile import Queries
 
 logger = logging.getLogger(__name__)
@@ -54,7 +54,12 @@ class Maintenance:
     def _vacuum(self) -> None:
         try:
             with self.db.connection() as conn:
-                conn.execute(self.queries["vacuum_messages"])
+                # A vacuum takes as long as the table needs; the pool's bound is for the rest.
+                conn.execute("SET statement_timeout = 0")
+                try:
+                    conn.execute(self.queries["vacuum_messages"])
+                finally:
+                    bound_statements(conn)
         except Exception:
             logger.warning("Could not vacuum the messages table.", exc_info=True)
         finally:

@@ -65,6 +65,8 @@ def apply_migrations(db: Database) -> list[str]:
     with db.connection() as conn:
         for migration in available_migrations():
             with conn.transaction():
+                # A migration of a large table takes as long as it takes.
+                conn.execute("SET LOCAL statement_timeout = 0")
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
                 conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(schema))
                 conn.execute(

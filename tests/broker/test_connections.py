@@ -20,7 +20,7 @@ from dramatiq import Worker
 from psycopg import sql
 
 import zart_dramatiq as zart
-from broker_pg import Database, PostgresBackend, PostgresBroker
+from broker_pg import Database, PostgresBackend, PostgresBroker, database
 from broker_pg.database import channel_name
 from broker_pg.errors import SchemaMissing
 from tests.support import wait_until
@@ -299,3 +299,24 @@ def test_missing_objects_of_this_schema_say_to_migrate_others_stay_as_they_are(
             conn.execute("SELECT no_such_schema_at_all.f()")
     finally:
         database.close()
+
+
+def test_no_statement_waits_without_bound(
+    database_url: str, schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(database, "STATEMENT_TIMEOUT_MS", 200)
+    broker = PostgresBroker(database_url, schema=schema, application_name="bounded")
+    broker.declare_queue("bounded")
+    message = dramatiq.Message(queue_name="bounded", actor_name="x", args=(), kwargs={}, options={})
+    try:
+        with psycopg.connect(database_url) as locker, locker.transaction():
+            # A server that never answers: the table stays locked by another session.
+            locker.execute(
+                sql.SQL("LOCK TABLE {}.messages IN ACCESS EXCLUSIVE MODE").format(
+                    sql.Identifier(schema)
+                )
+            )
+            with pytest.raises(psycopg.errors.QueryCanceled, match="statement timeout"):
+                broker.enqueue(message)
+    finally:
+        broker.close()
