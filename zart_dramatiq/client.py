@@ -133,24 +133,11 @@ def start(
     message = actor.message_with_options(args=args, kwargs=kwargs)
     execution_id = execution_id or message.message_id
     message = continuation(message, **{EXECUTION_ID: execution_id, SEQ: 0})
-    digest = input_hash(list(message.args), message.kwargs)
     with store.transaction() as tx:
-        created = lifecycle.create(
-            store,
-            tx,
-            execution_id,
-            actor_name=actor.actor_name,
-            queue_name=actor.queue_name,
-            input_hash=digest,
-            input={"args": list(message.args), "kwargs": message.kwargs},
-            timeout_s=None
-            if actor.durable_timeout is None
-            else actor.durable_timeout.total_seconds(),
-            message=message.encode(),
-        )
-        if not created:
+        if not lifecycle.create(store, tx, execution_id, actor, message):
             existing = store.run(tx, "execution_identity", id=execution_id)
             assert existing is not None
+            digest = input_hash(list(message.args), message.kwargs)
             if existing[0] != digest or existing[1] != actor.actor_name:
                 raise ExecutionConflict(
                     f"execution {execution_id!r} already exists with a different "

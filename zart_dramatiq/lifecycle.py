@@ -17,11 +17,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
+import dramatiq
+
+from .serialization import input_hash
 from .signals import Refused
 from .store import Store, Transaction
+
+if TYPE_CHECKING:
+    from .actor import DurableActor
 
 PENDING = "pending"
 RUNNING = "running"
@@ -71,9 +77,31 @@ class Reopened:
     message: bytes | None
 
 
-def create(store: Store, tx: Transaction, execution_id: str, **fields: Any) -> bool:
-    """Insert a pending execution; False if one with this id exists already."""
-    return store.run(tx, "insert_execution", id=execution_id, **fields) is not None
+def create(
+    store: Store,
+    tx: Transaction,
+    execution_id: str,
+    actor: DurableActor,
+    message: dramatiq.Message[Any],
+) -> bool:
+    """Insert a pending execution of ``actor``, started by ``message``.
+
+    False if one with this id exists already.
+    """
+    args = list(message.args)
+    timeout = actor.durable_timeout
+    row = store.run(
+        tx,
+        "insert_execution",
+        id=execution_id,
+        actor_name=actor.actor_name,
+        queue_name=actor.queue_name,
+        input_hash=input_hash(args, message.kwargs),
+        input={"args": args, "kwargs": message.kwargs},
+        timeout_s=None if timeout is None else timeout.total_seconds(),
+        message=message.encode(),
+    )
+    return row is not None
 
 
 def acquire(store: Store, execution_id: str, seq: int, worker_id: UUID) -> Acquired | None:

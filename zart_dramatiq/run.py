@@ -184,9 +184,7 @@ class Run:
             wake_at=wake_at,
             wake_in_s=wake_in_s,
         )
-        row_id = self.transport.send(tx, resume, delay_ms)
-        if row_id is not None:
-            self.store.run(tx, "set_wake_message", id=self.execution_id, row_id=row_id)
+        send_resume(self.store, self.transport, tx, self.execution_id, resume, delay_ms)
         self.transport.settle(tx, self.delivery)
         suspension = Suspended(f"execution {self.execution_id!r} is {status}")
         tx.after_commit.append(lambda: self._paused(suspension))
@@ -195,6 +193,23 @@ class Run:
         # Results must not store this delivery's (absent) result; the resumed one will.
         end_quietly(self.delivery)
         self.suspension = suspension
+
+
+def send_resume(
+    store: Store,
+    transport: Transport,
+    tx: Transaction,
+    execution_id: str,
+    message: dramatiq.Message[Any],
+    delay_ms: int | None,
+) -> None:
+    """Send the message that resumes ``execution_id`` (parked when ``delay_ms`` is None).
+
+    On broker_pg its row is remembered, so a cancel or an event can find it.
+    """
+    row_id = transport.send(tx, message, delay_ms)
+    if row_id is not None:
+        store.run(tx, "set_wake_message", id=execution_id, row_id=row_id)
 
 
 def end_quietly(delivery: MessageProxy) -> None:

@@ -41,7 +41,7 @@ from .run import (
     delivery_id,
     end_quietly,
 )
-from .serialization import dump, error_to_json, input_hash
+from .serialization import dump, error_to_json
 from .signals import Abandoned, DeadlinePassed, Paused, Refused, Stopped, Suspended
 from .store import Store, Transaction
 from .transport import Transport
@@ -130,7 +130,7 @@ class Runner:
                         "runs in another thread of this worker",
                         min(self.lease_timeout(), LOCAL_DEFER_S),
                     )
-                run = self._acquire(actor, delivery, execution_id, args, kwargs)
+                run = self._acquire(actor, delivery, execution_id)
             except DatabaseUnavailable as error:
                 raise self._abandon(delivery, execution_id, error) from error
             if isinstance(run, Replay):
@@ -140,12 +140,7 @@ class Runner:
     # -- Taking the execution ------------------------------------------------
 
     def _acquire(
-        self,
-        actor: DurableActor,
-        delivery: MessageProxy,
-        execution_id: str,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
+        self, actor: DurableActor, delivery: MessageProxy, execution_id: str
     ) -> Run | Replay:
         seq = int(delivery.options.get(SEQ, 0))
         worker_id = self.worker_id()
@@ -153,7 +148,7 @@ class Runner:
         if (
             acquired is None
             and seq == 0
-            and self._create_on_first_delivery(actor, delivery, execution_id, args, kwargs)
+            and self._create_on_first_delivery(actor, delivery, execution_id)
         ):
             acquired = lifecycle.acquire(self.store, execution_id, seq, worker_id)
         if acquired is None:
@@ -172,31 +167,13 @@ class Runner:
         return run
 
     def _create_on_first_delivery(
-        self,
-        actor: DurableActor,
-        delivery: MessageProxy,
-        execution_id: str,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
+        self, actor: DurableActor, delivery: MessageProxy, execution_id: str
     ) -> bool:
         """An execution started with a plain ``send()`` begins with its first delivery."""
         message = continuation(delivery, **{EXECUTION_ID: execution_id})
-        timeout = actor.durable_timeout
-
-        def create(tx: Transaction) -> bool:
-            return lifecycle.create(
-                self.store,
-                tx,
-                execution_id,
-                actor_name=actor.actor_name,
-                queue_name=actor.queue_name,
-                input_hash=input_hash(list(args), kwargs),
-                input={"args": list(args), "kwargs": kwargs},
-                timeout_s=None if timeout is None else timeout.total_seconds(),
-                message=message.encode(),
-            )
-
-        return self.store.atomically(create)
+        return self.store.atomically(
+            lambda tx: lifecycle.create(self.store, tx, execution_id, actor, message)
+        )
 
     def _refuse(self, delivery: MessageProxy, execution_id: str, seq: int) -> Replay:
         state = self.store.fetchone("delivery_outcome", id=execution_id)

@@ -7,6 +7,7 @@ import inspect
 import time
 import typing
 from collections.abc import Callable
+from dataclasses import asdict
 from typing import Any, NoReturn, TypeVar, overload
 
 from .errors import NonDeterminismError
@@ -85,17 +86,22 @@ def _attempt(
         except Exception as error:
             wait = retry.next_wait(attempts, error, time.monotonic() - first_started)
             if wait is None:
-                run.record(
+                failure = error_to_json(error)
+                recorded = run.record(
                     key,
                     kind="step",
                     name=name,
                     fn=fn_name,
                     status="failed",
-                    error=error_to_json(error),
+                    error=failure,
                     attempts=attempts,
                     started=started,
                 )
-                raise run.final(error) from None
+                if recorded.status == "failed" and recorded.error == failure:
+                    run.final(error)
+                    raise
+                # Another run recorded this step first: its outcome is the one that counts.
+                return _recorded_outcome(run, name, asdict(recorded), annotation)
             if wait <= retry.max_inline_wait.total_seconds():
                 time.sleep(wait)
                 continue
@@ -115,12 +121,7 @@ def _attempt(
         if recorded.status == "completed" and recorded.result == data:
             return value
         # Another run recorded this step first: its outcome is the one that counts.
-        return _recorded_outcome(  # type: ignore[no-any-return]
-            run,
-            name,
-            {"status": recorded.status, "result": recorded.result, "error": recorded.error},
-            annotation,
-        )
+        return _recorded_outcome(run, name, asdict(recorded), annotation)
 
 
 def _pause_for_retry(

@@ -107,32 +107,29 @@ class Store:
 
         For statements that are safe to repeat when a reply was lost.
         """
-        for attempt in self._retrying():
-            with attempt:
-                return self.fetchone(query, **params)
-        raise AssertionError("unreachable")
+        return self._retrying()(self.fetchone, query, **params)
 
     def atomically(self, unit: Callable[[Transaction], T]) -> T:
         """Run ``unit`` in a transaction of its own, again from the start on transient errors.
 
         A commit whose outcome is unknown is not repeated: it raises CommitUnknown.
         """
-        for attempt in self._retrying():
-            with attempt:
-                with self.db.connection() as conn:
-                    tx = Transaction(conn)
-                    try:
-                        with conn.transaction():
-                            result = unit(tx)
-                            tx.committing = True
-                    except psycopg.OperationalError as e:
-                        if tx.committing:
-                            raise CommitUnknown(f"the commit's outcome is unknown: {e}") from e
-                        raise
-                for action in tx.after_commit:
-                    action()
-                return result
-        raise AssertionError("unreachable")
+        return self._retrying()(self._commit_once, unit)
+
+    def _commit_once(self, unit: Callable[[Transaction], T]) -> T:
+        with self.db.connection() as conn:
+            tx = Transaction(conn)
+            try:
+                with conn.transaction():
+                    result = unit(tx)
+                    tx.committing = True
+            except psycopg.OperationalError as e:
+                if tx.committing:
+                    raise CommitUnknown(f"the commit's outcome is unknown: {e}") from e
+                raise
+        for action in tx.after_commit:
+            action()
+        return result
 
     @contextmanager
     def transaction(self) -> Iterator[Transaction]:
@@ -164,10 +161,11 @@ class Store:
 
     def _write_steps(self, records: Sequence[StepRecord]) -> list[Checkpoint]:
         # Safe to repeat: a step already recorded comes back as recorded.
-        for attempt in self._retrying():
-            with attempt, self.db.connection() as conn:
-                return _record_steps(conn, self.queries["record_steps"], records)
-        raise AssertionError("unreachable")
+        return self._retrying()(self._record_steps_once, records)
+
+    def _record_steps_once(self, records: Sequence[StepRecord]) -> list[Checkpoint]:
+        with self.db.connection() as conn:
+            return _record_steps(conn, self.queries["record_steps"], records)
 
     def run(self, tx: Transaction, query: str, **params: Any) -> tuple[Any, ...] | None:
         """Execute ``query`` inside ``tx``; return its first row."""

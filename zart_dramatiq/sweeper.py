@@ -26,7 +26,7 @@ from broker_pg import DatabaseUnavailable
 
 from . import lifecycle
 from .lifecycle import RunRef
-from .run import EXECUTION_ID, SEQ, continuation
+from .run import EXECUTION_ID, SEQ, continuation, send_resume
 from .runner import LocalRuns
 from .store import Store, Transaction
 from .transport import Transport
@@ -108,9 +108,7 @@ class Sweeper:
                 return 0  # it moved on meanwhile
             seq, payload = found
             message = continuation(Message.decode(payload), **{SEQ: seq})
-            row_id = self.transport.send(tx, message, 0)
-            if row_id is not None:
-                self.store.run(tx, "set_wake_message", id=run.execution_id, row_id=row_id)
+            send_resume(self.store, self.transport, tx, run.execution_id, message, 0)
             return 1
 
         resumed = self.store.atomically(abandon)
