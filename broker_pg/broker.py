@@ -476,13 +476,6 @@ class PostgresBroker(dramatiq.Broker):
                 },
             )
 
-    def requeue(self, leases: list[Lease]) -> None:
-        """Hand claimed, unstarted messages back to their queues at once."""
-        with self.db.connection() as conn:
-            conn.execute(
-                self.queries["requeue"], {**_lease_arrays("", leases), "channel": self.channel}
-            )
-
     # -- Dead letters ------------------------------------------------------
 
     def list_dead_letters(
@@ -605,11 +598,10 @@ class PostgresBroker(dramatiq.Broker):
 
 def _lease_arrays(prefix: str, leases: list[Lease]) -> dict[str, list[Any]]:
     """Leases as the parallel arrays the queries unnest (``ack_ids``, ``ack_deliveries``...)."""
-    key = f"{prefix}_" if prefix else ""
     return {
-        f"{key}ids": [lease.row_id for lease in leases],
-        f"{key}deliveries": [lease.delivery for lease in leases],
-        f"{key}owners": [lease.owner for lease in leases],
+        f"{prefix}_ids": [lease.row_id for lease in leases],
+        f"{prefix}_deliveries": [lease.delivery for lease in leases],
+        f"{prefix}_owners": [lease.owner for lease in leases],
     }
 
 

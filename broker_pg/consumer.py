@@ -234,8 +234,10 @@ class PostgresConsumer(Consumer):
     def requeue(self, messages: Iterable[MessageProxy]) -> None:
         returned = [m for m in messages if isinstance(m, PostgresMessageProxy) and settle(m)]
         if returned:
+            hand_backs = Settlements([], [Lease.of(m) for m in returned])
             try:
-                self.broker.requeue([Lease.of(m) for m in returned])
+                # At once, not with the next claim: Dramatiq requeues as it stops.
+                self.broker.settle_and_claim(self.queue_name, hand_backs, 0, uuid.uuid4())
             except BaseException:
                 for m in returned:
                     m.settled = False

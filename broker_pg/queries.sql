@@ -26,7 +26,7 @@ SELECT pg_notify(%(channel)s, queue_name) FROM (SELECT DISTINCT queue_name FROM 
 
 -- name: settle_and_claim
 -- Settles the leases this process let go of since the last call (acks delete,
--- hand-backs return the row to its queue), then leases up to %(limit)s due
+-- hand-backs return the row to its queue at once: not a failed delivery), then leases up to %(limit)s due
 -- messages to %(worker_id)s under %(claim_token)s. A lease is (id, deliveries,
 -- lease_owner): a stale settlement matches nothing. Nothing is claimed unless
 -- the worker row exists: a worker presumed lost must not claim under its old
@@ -42,7 +42,7 @@ WITH acked AS (
 ), handed_back AS (
     UPDATE {schema}.messages AS m
        SET state = 'queued', lease_owner = NULL, claimed_at = NULL, claim_token = NULL,
-           deliveries = m.deliveries - 1, eta = statement_timestamp()
+           deliveries = m.deliveries - 1
       FROM unnest(%(back_ids)s::bigint[], %(back_deliveries)s::int[], %(back_owners)s::uuid[])
            AS b (id, deliveries, owner)
      WHERE m.id = b.id AND m.deliveries = b.deliveries AND m.lease_owner = b.owner
@@ -113,20 +113,6 @@ INSERT INTO {schema}.dead_letters
        (id, queue_name, message_id, actor_name, priority, payload, deliveries, enqueued_at, error)
 SELECT id, queue_name, message_id, actor_name, priority, payload, deliveries, enqueued_at, %(error)s
   FROM gone
-
--- name: requeue
--- Hands unstarted messages back at once; a hand-back is not a failed delivery.
-WITH returned AS (
-    UPDATE {schema}.messages AS m
-       SET state = 'queued', lease_owner = NULL, claimed_at = NULL, claim_token = NULL,
-           deliveries = m.deliveries - 1
-      FROM unnest(%(ids)s::bigint[], %(deliveries)s::int[], %(owners)s::uuid[])
-           AS r (id, deliveries, owner)
-     WHERE m.id = r.id AND m.deliveries = r.deliveries AND m.lease_owner = r.owner
-       AND m.state = 'claimed'
-    RETURNING m.queue_name
-)
-SELECT pg_notify(%(channel)s, queue_name) FROM (SELECT DISTINCT queue_name FROM returned) AS queues
 
 -- name: count_pending
 SELECT count(*) FROM {schema}.messages
