@@ -3,11 +3,14 @@
 -- name: enqueue
 -- One message; the NOTIFY is sent on commit, so a rolled-back enqueue wakes nobody.
 -- Due times use statement_timestamp(): inside a caller's long transaction, now()
--- is that transaction's start and would make delays come out early.
+-- is that transaction's start and would make delays come out early. A message
+-- due later is 'delayed': out of the claim's index until it comes due.
 WITH inserted AS (
     INSERT INTO {schema}.messages (queue_name, message_id, actor_name, state, priority, eta, payload)
-    VALUES (%(queue_name)s, %(message_id)s, %(actor_name)s, %(state)s, %(priority)s,
-            statement_timestamp() + %(delay_ms)s * interval '1 millisecond', %(payload)s)
+    VALUES (%(queue_name)s, %(message_id)s, %(actor_name)s,
+            CASE WHEN %(state)s = 'queued' AND %(delay_ms)s > 0 THEN 'delayed' ELSE %(state)s END,
+            %(priority)s, statement_timestamp() + %(delay_ms)s * interval '1 millisecond',
+            %(payload)s)
     RETURNING id
 )
 SELECT id, pg_notify(%(channel)s, %(queue_name)s) FROM inserted
@@ -15,8 +18,8 @@ SELECT id, pg_notify(%(channel)s, %(queue_name)s) FROM inserted
 -- name: enqueue_many
 WITH inserted AS (
     INSERT INTO {schema}.messages (queue_name, message_id, actor_name, state, priority, eta, payload)
-    SELECT queue_name, message_id, actor_name, 'queued', priority,
-           statement_timestamp() + delay_ms * interval '1 millisecond', payload
+    SELECT queue_name, message_id, actor_name, CASE WHEN delay_ms > 0 THEN 'delayed' ELSE 'queued' END,
+           priority, statement_timestamp() + delay_ms * interval '1 millisecond', payload
       FROM unnest(%(queue_names)s::text[], %(message_ids)s::text[], %(actor_names)s::text[],
                   %(priorities)s::int[], %(delays_ms)s::bigint[], %(payloads)s::bytea[])
            AS batch (queue_name, message_id, actor_name, priority, delay_ms, payload)
@@ -32,6 +35,8 @@ SELECT pg_notify(%(channel)s, queue_name) FROM (SELECT DISTINCT queue_name FROM 
 -- the worker row exists: a worker presumed lost must not claim under its old
 -- identity. (No row lock: rows claimed in the instant of a reap are recovered
 -- with the lost worker's others, and its settlements of them are refused.)
+-- Due rows are the queue's ready rows and its delayed rows whose time has come,
+-- each read from its own index, so neither scan passes rows due later.
 -- A last row (id NULL) tells whether the worker row exists and, when fewer
 -- than %(limit)s were due, how many seconds until the queue's next delayed message.
 WITH acked AS (
@@ -50,13 +55,24 @@ WITH acked AS (
     RETURNING m.queue_name
 ), me AS (
     SELECT id FROM {schema}.workers WHERE id = %(worker_id)s
-), due AS (
-    SELECT id FROM {schema}.messages
+), ready AS (
+    SELECT id, priority, eta FROM {schema}.messages
      WHERE queue_name = %(queue_name)s AND state = 'queued' AND eta <= now()
        AND EXISTS (SELECT 1 FROM me)
      ORDER BY priority, eta, id
      LIMIT %(limit)s
        FOR UPDATE SKIP LOCKED
+), came_due AS (
+    SELECT id, priority, eta FROM {schema}.messages
+     WHERE queue_name = %(queue_name)s AND state = 'delayed' AND eta <= now()
+       AND EXISTS (SELECT 1 FROM me)
+     ORDER BY eta
+     LIMIT %(limit)s
+       FOR UPDATE SKIP LOCKED
+), due AS (
+    SELECT id FROM (SELECT * FROM ready UNION ALL SELECT * FROM came_due) AS candidates
+     ORDER BY priority, eta, id
+     LIMIT %(limit)s
 ), claimed AS (
     UPDATE {schema}.messages AS m
        SET state = 'claimed', lease_owner = %(worker_id)s, deliveries = m.deliveries + 1,
@@ -70,7 +86,7 @@ UNION ALL
 SELECT NULL, NULL, NULL, NULL, NULL,
        (SELECT extract(epoch FROM min(eta) - now())::float8
           FROM {schema}.messages
-         WHERE queue_name = %(queue_name)s AND state = 'queued' AND eta > now()
+         WHERE queue_name = %(queue_name)s AND state = 'delayed' AND eta > now()
            AND (SELECT count(*) FROM claimed) < %(limit)s),
        EXISTS (SELECT 1 FROM me)
   FROM (SELECT count(pg_notify(%(channel)s, q))
@@ -116,7 +132,7 @@ SELECT id, queue_name, message_id, actor_name, priority, payload, deliveries, en
 
 -- name: count_pending
 SELECT count(*) FROM {schema}.messages
- WHERE queue_name = %(queue_name)s AND state IN ('queued', 'claimed')
+ WHERE queue_name = %(queue_name)s AND state IN ('queued', 'delayed', 'claimed')
 
 -- name: flush
 DELETE FROM {schema}.messages WHERE queue_name = ANY(%(queue_names)s)
@@ -253,13 +269,13 @@ SELECT value FROM {schema}.results WHERE key = %(key)s AND expires_at > now()
 -- name: wake
 WITH woken AS (
     UPDATE {schema}.messages SET state = 'queued', eta = statement_timestamp()
-     WHERE id = %(id)s AND state IN ('queued', 'parked')
+     WHERE id = %(id)s AND state IN ('queued', 'delayed', 'parked')
     RETURNING queue_name
 )
 SELECT pg_notify(%(channel)s, queue_name) FROM woken
 
 -- name: discard
-DELETE FROM {schema}.messages WHERE id = %(id)s AND state IN ('queued', 'parked')
+DELETE FROM {schema}.messages WHERE id = %(id)s AND state IN ('queued', 'delayed', 'parked')
 
 -- name: dead_messages
 -- Dead rows left by settled (or flushed) messages, as the statistics collector counts them.

@@ -5,8 +5,8 @@
 -- worker, and dead letters.
 WITH live AS (
     SELECT queue_name,
-           count(*) FILTER (WHERE state = 'queued' AND eta <= now()) AS queued,
-           count(*) FILTER (WHERE state = 'queued' AND eta > now()) AS delayed,
+           count(*) FILTER (WHERE state = 'queued' OR (state = 'delayed' AND eta <= now())) AS queued,
+           count(*) FILTER (WHERE state = 'delayed' AND eta > now()) AS delayed,
            count(*) FILTER (WHERE state = 'parked') AS parked,
            count(*) FILTER (WHERE state = 'claimed') AS claimed
       FROM {schema}.messages

@@ -80,8 +80,8 @@ def test_delayed_messages_run_not_before_their_delay_and_in_due_order(
     # The later one first: due order, not send order, decides.
     delayed.send_with_options(args=(1500,), delay=1500)
     delayed.send_with_options(args=(1000,), delay=1000)
-    # Both wait in the queue itself, as queued rows due later.
-    assert count_rows(db, schema, delayed.queue_name, "queued") == 2
+    # Both wait in the queue itself, as delayed rows: outside the claim's index.
+    assert count_rows(db, schema, delayed.queue_name, "delayed") == 2
     broker.join(delayed.queue_name, timeout=10_000)
 
     assert [delay for delay, _ in ran] == [1000, 1500]

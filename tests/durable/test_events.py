@@ -40,7 +40,7 @@ def test_an_event_during_the_wait_wakes_the_execution(broker, worker, db, schema
     wait_until(lambda: waiting(handle), timeout=15, message="the event wait")
     # While it waits, its only message is due at the wait's deadline, not before.
     query = "SELECT state, eta > now() + interval '4 minutes' FROM {s}.messages"
-    assert rows(db, schema, query) == [("queued", True)]
+    assert rows(db, schema, query) == [("delayed", True)]
     zart.send_event(handle.execution_id, "approval", {"ok": True})
     assert handle.result(timeout=15) == {"ok": True}
 

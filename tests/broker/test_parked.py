@@ -1,0 +1,117 @@
+"""Parked work is free: the claim and the next-due lookup never scan rows due later.
+
+A durable system's queues are mostly parked work (sleeps, event waits, long
+retry backoffs). These tests fill a queue with such rows and read the plan of
+the claim: it must probe indexes whose scanned part does not grow with them.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from broker_pg import PostgresBroker
+
+QUEUE = "parked"
+PARKED = 100_000
+#: Pages a claim may touch, with the parked rows spread over thousands of them.
+PAGES_BOUND = 100
+EXPLAIN = b"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) "
+
+
+@pytest.fixture
+def crowded(db: psycopg.Connection, schema: str) -> Iterator[uuid.UUID]:
+    """A queue with PARKED delayed and PARKED parked rows, 3 ready and 2 come due; a worker row."""
+    worker = uuid.uuid4()
+    t = f'"{schema}".messages'
+    db.execute(
+        f'INSERT INTO "{schema}".workers (id, hostname, pid, backend_pid) VALUES (%s, %s, 0, 0)',
+        (worker, "test"),
+    )
+    for state, eta in (("delayed", "now() + interval '1 day'"), ("parked", "now()")):
+        db.execute(
+            f"INSERT INTO {t} (queue_name, message_id, actor_name, state, eta, payload) "
+            f"SELECT %s, 'p' || n, 'sleeper', %s, {eta} + n * interval '1 ms', '\\x00'::bytea "
+            "FROM generate_series(1, %s) AS n",
+            (QUEUE, state, PARKED),
+        )
+    db.execute(
+        f"INSERT INTO {t} (queue_name, message_id, actor_name, state, eta, payload) "
+        "SELECT %s, 'r' || n, 'job', 'queued', now(), '\\x00'::bytea "
+        "FROM generate_series(1, 3) AS n "
+        "UNION ALL "
+        "SELECT %s, 'd' || n, 'job', 'delayed', now() - interval '1 s', '\\x00'::bytea "
+        "FROM generate_series(1, 2) AS n",
+        (QUEUE, QUEUE),
+    )
+    db.execute(f"ANALYZE {t}")
+    # A scan that passed the parked rows would read them all: many times the bound.
+    pages = db.execute(f"SELECT relpages FROM pg_class WHERE oid = '{t}'::regclass").fetchone()
+    assert pages is not None and pages[0] > 10 * PAGES_BOUND
+    yield worker
+
+
+def claim_params(worker: uuid.UUID, limit: int) -> dict[str, Any]:
+    return {
+        **{f"{kind}_{part}": [] for kind in ("ack", "back") for part in ("ids", "deliveries")},
+        "ack_owners": [],
+        "back_owners": [],
+        "worker_id": worker,
+        "claim_token": uuid.uuid4(),
+        "queue_name": QUEUE,
+        "limit": limit,
+        "channel": "test-parked",
+    }
+
+
+def plan_nodes(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    yield node
+    for child in node.get("Plans", []):
+        yield from plan_nodes(child)
+
+
+def test_claim_reads_only_due_rows_among_many_parked_ones(
+    make_broker: Any, db: psycopg.Connection, crowded: uuid.UUID
+) -> None:
+    broker: PostgresBroker = make_broker()
+    query = broker.queries["settle_and_claim"]
+    params = claim_params(crowded, limit=10)
+    with db.transaction(force_rollback=True):
+        [[[explained]]] = db.execute(EXPLAIN + query, params).fetchall()
+    nodes = list(plan_nodes(explained["Plan"]))
+    scans = {(n["Node Type"], n.get("Index Name")) for n in nodes if "Relation Name" in n}
+    assert ("Seq Scan", None) not in scans, scans
+    assert {("Index Scan", "messages_ready"), ("Index Scan", "messages_delayed")} <= scans, scans
+    touched = explained["Plan"]["Shared Hit Blocks"] + explained["Plan"]["Shared Read Blocks"]
+    assert touched < PAGES_BOUND, f"the claim touched {touched} pages"
+
+    with db.transaction(force_rollback=True):
+        rows = db.execute(query, params).fetchall()
+    *claimed, (*_, due_in, registered) = rows
+    # The ready rows and the delayed rows whose time came, nothing parked; and
+    # the next delayed row is a day away.
+    assert len(claimed) == 5 and registered
+    assert 86_000 < due_in <= 86_400
+
+
+def test_the_next_due_lookup_is_one_index_probe(
+    make_broker: Any, db: psycopg.Connection, schema: str, crowded: uuid.UUID
+) -> None:
+    broker: PostgresBroker = make_broker()
+    query = broker.queries["settle_and_claim"]
+    with db.transaction(force_rollback=True):
+        # Nothing due: an idle claim finds nothing and asks when the next row comes due.
+        db.execute(
+            f'DELETE FROM "{schema}".messages '
+            "WHERE queue_name = %s AND state <> %s AND eta < now()",
+            (QUEUE, "parked"),
+        )
+        [[[explained]]] = db.execute(EXPLAIN + query, claim_params(crowded, limit=10)).fetchall()
+    nodes = list(plan_nodes(explained["Plan"]))
+    assert not [n for n in nodes if n["Node Type"] == "Seq Scan"]
+    touched = explained["Plan"]["Shared Hit Blocks"] + explained["Plan"]["Shared Read Blocks"]
+    assert touched < PAGES_BOUND, f"an idle claim touched {touched} pages"
