@@ -8,7 +8,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -30,9 +30,16 @@ from .consumer import (
     Settlements,
     settle,
 )
-from .database import DEFAULT_SCHEMA, Database, channel_name, unreachable
+from .database import (
+    DEFAULT_SCHEMA,
+    STATEMENT_TIMEOUT_MS,
+    Database,
+    channel_name,
+    unreachable,
+)
 from .encoding import encode_message
 from .errors import DatabaseUnavailable, SchemaMissing
+from .group_commit import GroupCommit
 from .listener import Listener
 from .maintenance import Maintenance
 from .presence import WorkerPresence
@@ -74,6 +81,17 @@ class _Row:
     priority: int
     delay_ms: int
     payload: bytes
+
+    def params(self) -> dict[str, Any]:
+        # Not dataclasses.asdict: it deep-copies, a measurable share of a send.
+        return {
+            "queue_name": self.queue_name,
+            "message_id": self.message_id,
+            "actor_name": self.actor_name,
+            "priority": self.priority,
+            "delay_ms": self.delay_ms,
+            "payload": self.payload,
+        }
 
 
 @dataclass
@@ -155,6 +173,14 @@ class PostgresBroker(dramatiq.Broker):
             dead_letter_ttl=dead_letter_ttl.total_seconds(),
         )
         self._states: dict[str, QueueState] = {}
+        # Sends of concurrent producer threads share commits; each still returns
+        # only once its own message is committed.
+        self._sends: GroupCommit[_Row, None] = GroupCommit(
+            self._write_sends,
+            timeout=self.db.connect_timeout + STATEMENT_TIMEOUT_MS / 1000,
+            what="a message",
+            then="it may or may not have been enqueued",
+        )
         #: The first error dead-lettered per queue in this process, for join(fail_fast=True).
         self._failures: dict[str, _Failure] = {}
         self._lock = threading.Lock()
@@ -192,7 +218,10 @@ class PostgresBroker(dramatiq.Broker):
         if route is not None and route.batch is not None:
             route.batch.append((row, message, delay))
             return message
-        self._insert(row, connection=route.connection if route else None)
+        if route is not None and route.connection is not None:
+            self._insert(row, connection=route.connection)
+        else:
+            self._sends.submit(row)
         self.emit_after("enqueue", message, delay)
         return message
 
@@ -243,11 +272,19 @@ class PostgresBroker(dramatiq.Broker):
     def _insert(
         self, row: _Row, *, connection: psycopg.Connection | None, state: str = "queued"
     ) -> int:
-        params = {**dataclasses.asdict(row), "state": state, "channel": self.channel}
+        params = {**row.params(), "state": state, "channel": self.channel}
         if connection is not None:
             return _one(connection.execute(self.queries["enqueue"], params))
         with self.db.connection() as conn:
             return _one(conn.execute(self.queries["enqueue"], params))
+
+    def _write_sends(self, rows: Sequence[_Row]) -> list[None]:
+        """Commit the messages that producer threads sent at the same moment."""
+        if len(rows) == 1:
+            self._insert(rows[0], connection=None)
+        else:
+            self._insert_many(rows, None)
+        return [None] * len(rows)
 
     @contextmanager
     def transaction(self, connection: psycopg.Connection) -> Iterator[None]:
@@ -281,7 +318,7 @@ class PostgresBroker(dramatiq.Broker):
             for _, message, delay in batch:
                 self.emit_after("enqueue", message, delay)
 
-    def _insert_many(self, rows: list[_Row], connection: psycopg.Connection | None) -> None:
+    def _insert_many(self, rows: Sequence[_Row], connection: psycopg.Connection | None) -> None:
         params = {
             "queue_names": [r.queue_name for r in rows],
             "message_ids": [r.message_id for r in rows],

@@ -16,9 +16,9 @@ from psycopg.types.json import Jsonb
 from broker_pg import Database, DatabaseUnavailable
 from broker_pg.broker import caller_connection
 from broker_pg.database import channel_name
+from broker_pg.group_commit import GroupCommit
 from broker_pg.sqlfile import Queries
 
-from .checkpoints import CheckpointWriter
 from .errors import ZartError
 
 logger = logging.getLogger(__name__)
@@ -92,7 +92,12 @@ class Store:
         #: Every query may name the channel and who listens on it.
         self._common = {"channel": self.channel, "waiter": RESULT_WAITER}
         self.write_timeout = write_timeout
-        self._checkpoints = CheckpointWriter(self._write_steps, timeout=write_timeout + 10.0)
+        self._checkpoints = GroupCommit(
+            self._write_steps,
+            timeout=write_timeout + 10.0,
+            what="a checkpoint",
+            then="the run stops and resumes from its journal later",
+        )
 
     def fetchone(self, query: str, **params: Any) -> tuple[Any, ...] | None:
         with self.db.connection() as conn:

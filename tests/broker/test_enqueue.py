@@ -13,7 +13,7 @@ from dramatiq import Message, Worker
 
 import broker_pg
 from broker_pg import PostgresBroker
-from tests.support import rows, scalar
+from tests.support import rows, scalar, wait_until
 
 
 class Boom(Exception):
@@ -245,3 +245,41 @@ def test_odd_queue_names_are_stored_as_data(
     broker.join(odd, timeout=5000)
     broker.flush(odd)
     assert message_count(db, schema) == 0
+
+
+def test_concurrent_sends_share_a_commit_and_each_returns_once_committed(
+    broker: PostgresBroker, database_url: str, db: psycopg.Connection, schema: str
+) -> None:
+    @dramatiq.actor(broker=broker)
+    def job(n: int) -> None:
+        pass
+
+    seen_at_return: dict[int, bool] = {}
+
+    def send(n: int) -> None:
+        message = job.send(n)
+        with psycopg.connect(database_url, autocommit=True) as other:
+            seen_at_return[n] = (
+                scalar(
+                    other,
+                    schema,
+                    "SELECT count(*) FROM {s}.messages WHERE message_id = %s",
+                    message.message_id,
+                )
+                == 1
+            )
+
+    # A lock makes the first send wait inside its INSERT; the others queue behind it.
+    with db.transaction():
+        db.execute(f"LOCK TABLE {schema}.messages IN SHARE MODE")
+        threads = [threading.Thread(target=send, args=(n,)) for n in range(8)]
+        for thread in threads:
+            thread.start()
+        wait_until(lambda: len(broker._sends._line) == 7, message="seven sends in line")
+    for thread in threads:
+        thread.join(10)
+
+    assert seen_at_return == {n: True for n in range(8)}
+    # Rows written by one transaction share its id: the seven queued sends took one.
+    transactions = scalar(db, schema, "SELECT count(DISTINCT xmin::text) FROM {s}.messages")
+    assert transactions == 2

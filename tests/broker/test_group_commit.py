@@ -1,4 +1,4 @@
-"""Group commit: concurrent checkpoints share a write, each caller gets its own outcome.
+"""Group commit: concurrent writes share a transaction, each caller gets its own outcome.
 
 The writer is a thread of its own, so an asynchronous exception in a caller
 (Dramatiq's TimeLimit) cannot wedge the others, and no caller waits forever.
@@ -14,8 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from broker_pg import DatabaseUnavailable
+from broker_pg.group_commit import GroupCommit
 from tests.support import wait_until
-from zart_dramatiq.checkpoints import CheckpointWriter
 
 
 class Writer:
@@ -37,9 +37,13 @@ class Writer:
         return [item * 2 for item in items]
 
 
+def shared(writer: Writer, *, timeout: float) -> GroupCommit[int, int]:
+    return GroupCommit(writer, timeout=timeout, what="an item", then="try again")
+
+
 def test_callers_queued_behind_a_write_share_the_next_one() -> None:
     writer = Writer()
-    group = CheckpointWriter(writer, timeout=10)
+    group = shared(writer, timeout=10)
     with ThreadPoolExecutor(16) as pool:
         first = pool.submit(group.submit, 0)
         writer.holding.wait(10)
@@ -53,7 +57,7 @@ def test_callers_queued_behind_a_write_share_the_next_one() -> None:
 
 def test_a_failing_item_fails_only_its_own_caller() -> None:
     writer = Writer(poison=13)
-    group = CheckpointWriter(writer, timeout=10)
+    group = shared(writer, timeout=10)
     with ThreadPoolExecutor(8) as pool:
         first = pool.submit(group.submit, 1)
         writer.holding.wait(10)
@@ -75,7 +79,7 @@ def raise_in(thread: threading.Thread) -> None:
     assert ctypes.pythonapi.PyThreadState_SetAsyncExc(ident, ctypes.py_object(Interrupted)) == 1
 
 
-def caller(group: CheckpointWriter, n: int, outcomes: dict[int, object]) -> threading.Thread:
+def caller(group: GroupCommit[int, int], n: int, outcomes: dict[int, object]) -> threading.Thread:
     """A thread submitting ``n``; its outcome, or what it raised, lands in ``outcomes``."""
 
     def call() -> None:
@@ -89,7 +93,7 @@ def caller(group: CheckpointWriter, n: int, outcomes: dict[int, object]) -> thre
 
 def test_a_caller_interrupted_while_waiting_wedges_nobody() -> None:
     writer = Writer()
-    group = CheckpointWriter(writer, timeout=10)
+    group = shared(writer, timeout=10)
     outcomes: dict[int, object] = {}
     threads = {n: caller(group, n, outcomes) for n in range(4)}
     threads[0].start()
@@ -104,13 +108,13 @@ def test_a_caller_interrupted_while_waiting_wedges_nobody() -> None:
         thread.join(10)
     assert isinstance(outcomes[1], Interrupted)
     assert {n: outcomes[n] for n in (0, 2, 3)} == {0: 0, 2: 4, 3: 6}
-    # The process goes on checkpointing afterwards.
+    # The process goes on writing afterwards.
     assert group.submit(21) == 42
 
 
 def test_a_caller_waits_a_bounded_time() -> None:
     writer = Writer()  # holds its first write until released: a database that hangs
-    group = CheckpointWriter(writer, timeout=0.2)
+    group = shared(writer, timeout=0.2)
     with ThreadPoolExecutor(2) as pool:
         stuck = pool.submit(group.submit, 1)
         writer.holding.wait(10)
@@ -122,7 +126,7 @@ def test_a_caller_waits_a_bounded_time() -> None:
 
 def test_an_interrupted_writer_passes_its_role_and_its_batch_on() -> None:
     writer = Writer()
-    group = CheckpointWriter(writer, timeout=10)
+    group = shared(writer, timeout=10)
     outcomes: dict[int, object] = {}
     leader = caller(group, 0, outcomes)
     leader.start()

@@ -1,28 +1,31 @@
-"""Group commit: the checkpoints of a process's worker threads share transactions.
+"""Group commit: writes of a process's threads that happen at the same moment share a transaction.
 
-The first thread to checkpoint becomes the writer: it writes every
-checkpoint queued meanwhile in one statement, then hands the role to the
-next thread in line. Each thread still waits for its own checkpoint to
-commit before its body goes on, so durability is unchanged; threads that
-checkpoint at the same moment share one commit, and an uncontended
-checkpoint costs no hand-off to another thread.
+The first thread to write becomes the writer: it writes every item queued
+meanwhile in one statement, then hands the role to the next thread in line.
+Each thread still waits for its own item to commit before it goes on, so
+durability is unchanged; threads that write at the same moment share one
+commit, and an uncontended write costs no hand-off to another thread.
+
+Used for the messages that producer threads send and for the checkpoints of
+durable steps.
 
 Any thread may be interrupted anywhere by an asynchronous exception
 (Dramatiq's ``TimeLimit``). Every change to the shared state sits inside a
-``try``/``finally`` that restores it: an interrupted writer puts the
-checkpoints it had not answered back in line and passes the role on, an
-interrupted waiter leaves the line. Nobody waits longer than ``timeout``.
+``try``/``finally`` that restores it: an interrupted writer puts the items
+it had not answered back in line and passes the role on, an interrupted
+waiter leaves the line. Nobody waits longer than ``timeout``.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
-from broker_pg import DatabaseUnavailable
+from .errors import DatabaseUnavailable
 
 Item = TypeVar("Item")
 Outcome = TypeVar("Outcome")
@@ -40,24 +43,39 @@ class _Request(Generic[Item, Outcome]):
         self.error: BaseException | None = None
 
 
-class CheckpointWriter(Generic[Item, Outcome]):
+class GroupCommit(Generic[Item, Outcome]):
     """Writes items in batches with ``write``, which returns one outcome per item, in order.
 
-    ``write`` retries transient errors itself; ``timeout`` bounds how long a
-    caller waits for its item.
+    ``timeout`` bounds how long a caller waits for its item; past it the
+    caller gets DatabaseUnavailable, saying ``what`` was not written and
+    ``then`` what happens next.
     """
 
     def __init__(
-        self, write: Callable[[Sequence[Item]], Sequence[Outcome]], *, timeout: float
+        self,
+        write: Callable[[Sequence[Item]], Sequence[Outcome]],
+        *,
+        timeout: float,
+        what: str,
+        then: str,
     ) -> None:
         self._write = write
         self.timeout = timeout
+        self._what = what
+        self._then = then
+        self._start_afresh()
+
+    def _start_afresh(self) -> None:
+        self._pid = os.getpid()
         self._lock = threading.Lock()
         self._line: deque[_Request[Item, Outcome]] = deque()
         self._writer: _Request[Item, Outcome] | None = None
 
     def submit(self, item: Item) -> Outcome:
         """Write ``item`` (with whatever else is waiting) and return its outcome once committed."""
+        if self._pid != os.getpid():
+            # A forked child: the parent's threads, and the line they stood in, are not here.
+            self._start_afresh()
         request: _Request[Item, Outcome] = _Request(item)
         deadline = time.monotonic() + self.timeout
         try:
@@ -73,8 +91,7 @@ class CheckpointWriter(Generic[Item, Outcome]):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise DatabaseUnavailable(
-                        f"a checkpoint was not written within {self.timeout:.0f}s; "
-                        "the run stops and resumes from its journal later"
+                        f"{self._what} was not written within {self.timeout:.0f}s; {self._then}"
                     )
                 request.wake.wait(remaining)
                 request.wake.clear()
@@ -93,7 +110,7 @@ class CheckpointWriter(Generic[Item, Outcome]):
             self._settle(batch)
         except BaseException:
             # Interrupted: unanswered requests go back in line for the next writer
-            # (a repeated write of a checkpoint that did commit returns it as recorded).
+            # (a write must be safe to repeat for an item whose first write did commit).
             with self._lock:
                 self._line.extendleft(reversed([r for r in batch if not r.done]))
             raise
