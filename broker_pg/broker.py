@@ -118,8 +118,12 @@ class PostgresBroker(dramatiq.Broker):
       url: PostgreSQL URL; defaults to ``DATABASE_URL``, then an embedded server.
       schema: the schema holding the broker's tables (see ``broker_pg.migrate``).
       middleware: as for any Dramatiq broker.
-      pool_size: connections per process, shared by consumers, acks and enqueues.
-        A consuming process uses ``pool_size + 1`` connections (one LISTENs).
+      pool_size: connections per process, shared by consumers, acks and enqueues;
+        default ``ZART_POOL_SIZE``, else 4. A consuming process uses
+        ``pool_size + 1`` connections (one LISTENs).
+      transaction_pooling: ``url`` leads to a proxy pooling by transaction
+        (pgbouncer's ``pool_mode = transaction``); default ``ZART_TRANSACTION_POOLING``.
+        For producers only: see ``broker_pg.Database``.
       lease_timeout: seconds without a heartbeat after which a worker is presumed
         lost and its messages are delivered again (durable executions it runs
         are taken over after the same time). A worker whose database session
@@ -129,7 +133,8 @@ class PostgresBroker(dramatiq.Broker):
       heartbeat_interval: seconds between heartbeats (and lost-worker checks).
       max_deliveries: deliveries lost to dead workers after which a message is
         dead-lettered instead of delivered again.
-      dead_letter_ttl: how long dead letters are kept.
+      dead_letter_ttl: how long dead letters are kept (as Dramatiq's RedisBroker keeps
+        dead messages, 7 days); then a worker deletes them. None keeps them until purged.
       poll_interval: upper bound, in seconds, on how long a consumer relies on
         notifications alone before it looks at its queue again.
       fail_fast_default: the default of ``join(fail_fast=)``, as on StubBroker.
@@ -143,18 +148,23 @@ class PostgresBroker(dramatiq.Broker):
         *,
         schema: str = DEFAULT_SCHEMA,
         middleware: list[dramatiq.Middleware] | None = None,
-        pool_size: int = 8,
+        pool_size: int | None = None,
         lease_timeout: float = 30.0,
         heartbeat_interval: float = 1.0,
         max_deliveries: int = 5,
-        dead_letter_ttl: timedelta = timedelta(days=7),
+        dead_letter_ttl: timedelta | None = timedelta(days=7),
         poll_interval: float = 1.0,
         fail_fast_default: bool = True,
         application_name: str = "broker_pg",
+        transaction_pooling: bool | None = None,
     ) -> None:
         super().__init__(middleware=middleware)
         self.db = Database(
-            url, schema=schema, pool_size=pool_size, application_name=application_name
+            url,
+            schema=schema,
+            pool_size=pool_size,
+            application_name=application_name,
+            transaction_pooling=transaction_pooling,
         )
         self.queries = Queries("broker_pg", "queries.sql", self.db.schema)
         self.channel = channel_name(self.db.schema, "messages")
@@ -170,7 +180,7 @@ class PostgresBroker(dramatiq.Broker):
             self.queries,
             self.channel,
             max_deliveries=max_deliveries,
-            dead_letter_ttl=dead_letter_ttl.total_seconds(),
+            dead_letter_ttl=None if dead_letter_ttl is None else dead_letter_ttl.total_seconds(),
         )
         self._states: dict[str, QueueState] = {}
         # Sends of concurrent producer threads share commits; each still returns
@@ -382,7 +392,7 @@ class PostgresBroker(dramatiq.Broker):
                 self._states = {}
                 self.presence.forked()
             if self._listener is None:
-                self._listener = Listener(
+                listener = Listener(
                     self.db,
                     self.channel,
                     on_notify=self._on_notify,
@@ -390,7 +400,9 @@ class PostgresBroker(dramatiq.Broker):
                     on_tick=self._on_tick,
                     tick_interval=self.heartbeat_interval,
                 )
-                self._listener.start()
+                # Kept once started: one that refuses to start (transaction pooling) says so again.
+                listener.start()
+                self._listener = listener
             listener = self._listener
         # Claims need the worker row that holds their leases to exist first.
         if not listener.wait_connected(self.db.connect_timeout):

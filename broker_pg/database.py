@@ -25,6 +25,18 @@ DEFAULT_SCHEMA = "zart"
 #: Longest pause between the pool's attempts to reconnect after the server went away.
 RECONNECT_DELAY_MAX = 0.5
 
+#: Pooled connections per process and database, unless ``pool_size`` or ZART_POOL_SIZE
+#: says otherwise: 16 worker processes (4 + 1 LISTEN session each) fit in PostgreSQL's
+#: default max_connections of 100, with room for producers and tools.
+DEFAULT_POOL_SIZE = 4
+POOL_SIZE_ENV = "ZART_POOL_SIZE"
+#: Set (``1``) where the URL leads to a transaction-pooling proxy such as pgbouncer's
+#: ``pool_mode = transaction``, unless ``transaction_pooling`` is given.
+TRANSACTION_POOLING_ENV = "ZART_TRANSACTION_POOLING"
+#: Seconds a pooled connection may stay unused before the pool closes it (one at a
+#: time, down to one connection): a burst does not hold its connections for ever.
+POOL_MAX_IDLE = 60.0
+
 _SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 #: SQLSTATEs of a statement naming a table (42P01) or a schema (3F000) that does not exist.
 _UNDEFINED_OBJECT_STATES = frozenset({"42P01", "3F000"})
@@ -94,18 +106,25 @@ def is_connection_error(error: psycopg.Error) -> bool:
     return state is None or state.startswith("08") or state in {"57P01", "57P02", "57P03"}
 
 
-def connect(url: str, *, application_name: str = "zart-dramatiq") -> psycopg.Connection:
-    """Open one autocommit connection, translating failures into DatabaseUnavailable."""
+def connect(
+    url: str, *, application_name: str = "zart-dramatiq", transaction_pooling: bool = False
+) -> psycopg.Connection:
+    """Open one autocommit connection, translating failures into DatabaseUnavailable.
+
+    Its statements are bounded (``bound_statements``) unless ``transaction_pooling``:
+    a proxy pooling by transaction would pass the session's SET on to other clients.
+    """
     try:
-        conn = psycopg.connect(url, **_connection_kwargs(application_name))
-        bound_statements(conn)
+        conn = psycopg.connect(url, **_connection_kwargs(application_name, transaction_pooling))
+        if not transaction_pooling:
+            bound_statements(conn)
         return conn
     except psycopg.OperationalError as e:
         raise unreachable(url, e) from e
 
 
 def bound_statements(conn: psycopg.Connection) -> None:
-    """Bound how long any statement on ``conn`` may wait (a SET, which poolers pass on)."""
+    """Bound how long any statement on ``conn`` may wait (a SET, which session poolers pass on)."""
     conn.execute(f"SET statement_timeout = {STATEMENT_TIMEOUT_MS}")
 
 
@@ -114,9 +133,47 @@ def bound_statements(conn: psycopg.Connection) -> None:
 STATEMENT_TIMEOUT_MS = 300_000
 
 
-def _connection_kwargs(application_name: str) -> dict[str, Any]:
+_POOL_SIZE_HINT = (
+    f" is not a number of connections: use a whole number of at least 1 "
+    f"(default {DEFAULT_POOL_SIZE}), e.g. {POOL_SIZE_ENV}={DEFAULT_POOL_SIZE}."
+)
+
+
+def resolve_pool_size(pool_size: int | None = None) -> int:
+    """``pool_size``, else ZART_POOL_SIZE, else DEFAULT_POOL_SIZE; at least 1."""
+    if pool_size is None:
+        raw = os.environ.get(POOL_SIZE_ENV, "").strip()
+        if not raw:
+            return DEFAULT_POOL_SIZE
+        if not raw.isdigit() or int(raw) < 1:
+            raise ConfigurationError(f"{POOL_SIZE_ENV}={raw!r}{_POOL_SIZE_HINT}")
+        return int(raw)
+    if pool_size < 1:
+        raise ConfigurationError(f"pool_size={pool_size!r}{_POOL_SIZE_HINT}")
+    return pool_size
+
+
+def resolve_transaction_pooling(transaction_pooling: bool | None = None) -> bool:
+    """``transaction_pooling``, else whether ZART_TRANSACTION_POOLING is set to a true value."""
+    if transaction_pooling is not None:
+        return transaction_pooling
+    raw = os.environ.get(TRANSACTION_POOLING_ENV, "").strip().lower()
+    if raw in {"", "0", "false", "no", "off"}:
+        return False
+    if raw in {"1", "true", "yes", "on"}:
+        return True
+    raise ConfigurationError(
+        f"{TRANSACTION_POOLING_ENV}={raw!r} is neither true nor false: set it to 1 where "
+        "DATABASE_URL leads to pgbouncer in pool_mode=transaction, else leave it unset."
+    )
+
+
+def _connection_kwargs(application_name: str, transaction_pooling: bool) -> dict[str, Any]:
     return {
         "autocommit": True,
+        # Server-side prepared statements belong to a server session, which a
+        # transaction-pooling proxy hands to another client after each transaction.
+        **({"prepare_threshold": None} if transaction_pooling else {}),
         "application_name": application_name,
         "connect_timeout": 5,
         # Notice a vanished server or peer within seconds, not hours.
@@ -136,7 +193,20 @@ class Database:
 
     ``notifications`` is the process's one LISTEN session on this database,
     shared by everything that waits for NOTIFY; with the pool it makes the
-    budget of ``pool_size + 1`` connections.
+    budget of ``pool_size + 1`` connections. The pool keeps one connection and
+    opens more, up to ``pool_size``, as threads need them (each for one
+    statement or transaction); a thread that finds them all lent waits up to
+    ``connect_timeout`` seconds for one. Connections unused for
+    ``POOL_MAX_IDLE`` seconds are closed again.
+
+    ``pool_size`` defaults to ZART_POOL_SIZE, else ``DEFAULT_POOL_SIZE``.
+    ``transaction_pooling`` (default: ZART_TRANSACTION_POOLING) says that ``url``
+    leads to a proxy that pools by transaction (pgbouncer's ``pool_mode =
+    transaction``): connections then prepare no statements and set nothing for
+    the session (no ``statement_timeout``: set the proxy's ``query_timeout``), and
+    waiters look again every ``notifications.POLL_INTERVAL`` seconds instead of
+    listening. Producers work so; a worker needs a session of its own (directly,
+    or through a proxy in session mode) and refuses to start.
     """
 
     def __init__(
@@ -144,18 +214,23 @@ class Database:
         url: str | None = None,
         *,
         schema: str = DEFAULT_SCHEMA,
-        pool_size: int = 8,
+        pool_size: int | None = None,
         connect_timeout: float = 10.0,
         application_name: str = "zart-dramatiq",
+        transaction_pooling: bool | None = None,
     ) -> None:
         self.url = resolve_url(url)
         self.schema = validate_schema(schema)
-        self.pool_size = pool_size
+        self.pool_size = resolve_pool_size(pool_size)
         self.connect_timeout = connect_timeout
         self.application_name = application_name
+        self.transaction_pooling = resolve_transaction_pooling(transaction_pooling)
         self._lock = threading.Lock()
         self._pool: ConnectionPool | None = None
         self._pid = os.getpid()
+        #: Connections lent out now: all of them means an exhausted pool, not an outage.
+        self._lent = 0
+        self._lent_lock = threading.Lock()
         self._notifications: Notifications | None = None
 
     @property
@@ -164,14 +239,16 @@ class Database:
             if self._pool is None or self._pid != os.getpid():
                 # The pool retries a refused connection until its timeout: one direct
                 # attempt first fails at once, naming the server.
-                connect(self.url, application_name=self.application_name).close()
+                self._connect(self.application_name).close()
                 self._pid = os.getpid()
+                self._lent = 0
                 self._pool = _Pool(
                     self.url,
                     min_size=1,
                     max_size=self.pool_size,
-                    kwargs=_connection_kwargs(self.application_name),
-                    configure=bound_statements,
+                    max_idle=POOL_MAX_IDLE,
+                    kwargs=_connection_kwargs(self.application_name, self.transaction_pooling),
+                    configure=None if self.transaction_pooling else bound_statements,
                     name=f"{self.application_name}-{self.schema}",
                     open=True,
                 )
@@ -198,11 +275,17 @@ class Database:
         """
         try:
             with self.pool.connection(timeout=self.connect_timeout) as conn:
-                yield conn
+                self._count_lent(1)
+                try:
+                    yield conn
+                finally:
+                    self._count_lent(-1)
         except PoolTimeout as e:
+            if self._lent >= self.pool_size:
+                raise self._exhausted() from e
             # The pool only says it timed out: one direct attempt names the real cause.
             try:
-                connect(self.url).close()
+                self._connect(self.application_name).close()
             except DatabaseUnavailable as cause:
                 raise cause from e
             raise unreachable(self.url, e) from e
@@ -233,13 +316,32 @@ class Database:
             f"or call broker_pg.migrate(url, schema={self.schema!r})."
         )
 
+    def _count_lent(self, change: int) -> None:
+        with self._lent_lock:
+            self._lent += change
+
+    def _exhausted(self) -> DatabaseUnavailable:
+        return DatabaseUnavailable(
+            f"No pooled connection to {describe(self.url)} came free within "
+            f"{self.connect_timeout:g}s: all {self.pool_size} were in use. Raise pool_size "
+            f"(PostgresBroker(pool_size=...) or {POOL_SIZE_ENV}) within the server's "
+            "max_connections, or run fewer threads per process."
+        )
+
     def _check_pool(self) -> None:
         with suppress(Exception):
             self.pool.check()
 
+    def _connect(self, application_name: str) -> psycopg.Connection:
+        return connect(
+            self.url,
+            application_name=application_name,
+            transaction_pooling=self.transaction_pooling,
+        )
+
     def listen_connection(self) -> psycopg.Connection:
         """Open a dedicated connection outside the pool (for LISTEN)."""
-        return connect(self.url, application_name=self.listener_name)
+        return self._connect(self.listener_name)
 
     @property
     def listener_name(self) -> str:

@@ -11,6 +11,11 @@ Session hooks run on the same connection: ``session_started`` on every
 (re)connect, after LISTEN and before waiters are woken, and ``tick`` about
 every ``tick_interval`` seconds (the worker heartbeat, whose session is the
 process's sign of life).
+
+Through a proxy that pools by transaction (``db.transaction_pooling``) no
+session stays ours to LISTEN on: the thread then opens no connection and wakes
+every waiter each ``POLL_INTERVAL`` seconds to look again; callbacks and session
+hooks, which need real notifications and a session, are refused.
 """
 
 from __future__ import annotations
@@ -31,7 +36,8 @@ import psycopg
 from psycopg import sql
 from psycopg.pq import TransactionStatus
 
-from .database import Database, describe, is_connection_error
+from .database import TRANSACTION_POOLING_ENV, Database, describe, is_connection_error
+from .errors import ConfigurationError
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +53,8 @@ RECONNECT_DELAY_CAP = 2.0
 MAX_BLOCK = 5.0
 #: Longest ``close`` and ``detach`` wait for the thread (it may be running a tick).
 STOP_TIMEOUT = 15.0
+#: Without a LISTEN session (transaction pooling), how often waiters look again.
+POLL_INTERVAL = 0.5
 
 
 class SessionHooks(Protocol):
@@ -177,6 +185,8 @@ class Notifications:
         application_name, for senders that notify only when someone waits (the
         session's own name follows it, so tools still find it).
         """
+        if on_notify is not None:
+            self._need_session("a notification callback")
         subscription = Subscription(self, channel, payload, on_notify)
         with self._lock:
             self._counts[channel] = self._counts.get(channel, 0) + 1
@@ -195,6 +205,7 @@ class Notifications:
 
     def attach(self, hooks: SessionHooks) -> None:
         """Run ``hooks`` on the session: started now (or on connect), then ticked."""
+        self._need_session("session hooks (a worker's heartbeat)")
         with self._lock:
             self._hooks[hooks] = None
             self._ensure_thread()
@@ -239,6 +250,15 @@ class Notifications:
         """How many subscriptions ``channel`` has."""
         with self._lock:
             return self._counts.get(channel, 0)
+
+    def _need_session(self, what: str) -> None:
+        if self.db.transaction_pooling:
+            raise ConfigurationError(
+                f"{what} needs a LISTEN session of its own, which a proxy pooling by "
+                f"transaction (transaction_pooling, {TRANSACTION_POOLING_ENV}) cannot give: "
+                "connect workers to PostgreSQL directly or through pgbouncer in "
+                "pool_mode=session; producers may keep the transaction-pooling URL."
+            )
 
     # -- Bookkeeping (under the lock) ---------------------------------------
 
@@ -308,9 +328,25 @@ class Notifications:
 
     def _thread_main(self, run: _Run) -> None:
         try:
-            self._connect_and_serve(run)
+            if self.db.transaction_pooling:
+                self._poll(run)
+            else:
+                self._connect_and_serve(run)
         finally:
             run.close()
+
+    def _poll(self, run: _Run) -> None:
+        """Without a session to LISTEN on: wake every waiter each POLL_INTERVAL, while any waits."""
+        while not run.stop.wait(POLL_INTERVAL):
+            with self._lock:
+                if not self._owns(run):
+                    return
+                if not self._in_use():
+                    self._thread = self._run = None
+                    return
+                waiters = self._waiters()
+            for waiter in waiters:
+                waiter._wake()
 
     def _connect_and_serve(self, run: _Run) -> None:
         failures = 0

@@ -213,13 +213,29 @@ SELECT queue_name, pg_notify(%(channel)s, queue_name)
   FROM (SELECT DISTINCT queue_name FROM returned) AS queues
 
 -- name: purge_expired
+-- One retention batch: up to %(limit)s dead letters older than %(dead_letter_ttl)s
+-- seconds (none when it is NULL: kept for ever) and up to %(limit)s expired
+-- results, oldest first; returns how many of each went. Rows locked (by a
+-- requeue, a new result) are skipped: a DELETE that waited for one would not
+-- check its age again.
 WITH dead AS (
     DELETE FROM {schema}.dead_letters
-     WHERE dead_at < now() - %(dead_letter_ttl)s * interval '1 second'
+     WHERE id IN (SELECT id FROM {schema}.dead_letters
+                   WHERE dead_at < now() - %(dead_letter_ttl)s::float8 * interval '1 second'
+                   ORDER BY dead_at
+                   LIMIT %(limit)s
+                     FOR UPDATE SKIP LOCKED)
+    RETURNING 1
 ), results AS (
-    DELETE FROM {schema}.results WHERE expires_at < now()
+    DELETE FROM {schema}.results
+     WHERE key IN (SELECT key FROM {schema}.results
+                    WHERE expires_at < now()
+                    ORDER BY expires_at
+                    LIMIT %(limit)s
+                      FOR UPDATE SKIP LOCKED)
+    RETURNING 1
 )
-SELECT 1
+SELECT (SELECT count(*) FROM dead), (SELECT count(*) FROM results)
 
 -- name: list_dead_letters
 SELECT id, queue_name, message_id, actor_name, deliveries, error, dead_at, payload
@@ -285,3 +301,9 @@ SELECT n_dead_tup FROM pg_stat_user_tables
 -- name: vacuum_messages
 -- SKIP_LOCKED: if another worker is vacuuming already, that is enough.
 VACUUM (SKIP_LOCKED) {schema}.messages
+
+-- name: take_retention_lock
+-- Whether this transaction may run a batch of retention job %(job)s of schema
+-- %(schema)s: one worker at a time, and the lock ends with the transaction, or
+-- with its session if the worker dies mid-batch.
+SELECT pg_try_advisory_xact_lock(hashtextextended(%(schema)s::text || '.retention.' || %(job)s::text, 0))
