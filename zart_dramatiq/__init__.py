@@ -3,7 +3,7 @@
 Decorate an actor with ``@zart.durable``; inside it, ``zart.step`` results
 are checkpointed, ``zart.sleep`` and ``zart.wait_for_event`` pause without
 holding a thread, and after a crash the body resumes at its first
-unfinished step.
+unfinished step. ``zart.continue_as_new`` lets a long loop start afresh.
 """
 
 from .actor import DurableActor, durable
@@ -25,14 +25,21 @@ from .errors import (
     ExecutionConflict,
     ExecutionFailed,
     ExecutionFinished,
+    JournalTooLarge,
+    LimitExceeded,
     NonDeterminismError,
+    NotAllowedInStep,
     NotInExecution,
+    PayloadTooLarge,
     ResultTimeout,
     SerializationError,
     StepFailed,
+    StepResultTooLarge,
     UnknownExecution,
     ZartError,
 )
+from .generations import continue_as_new
+from .limits import Limits
 from .middleware import DurableMiddleware
 from .retry_policy import Retry
 from .steps import step
@@ -47,16 +54,23 @@ __all__ = [
     "ExecutionFinished",
     "ExecutionHandle",
     "ExecutionInfo",
+    "JournalTooLarge",
+    "LimitExceeded",
+    "Limits",
     "NonDeterminismError",
+    "NotAllowedInStep",
     "NotInExecution",
+    "PayloadTooLarge",
     "ResultTimeout",
     "Retry",
     "SerializationError",
     "StepFailed",
     "StepInfo",
+    "StepResultTooLarge",
     "UnknownExecution",
     "ZartError",
     "cancel",
+    "continue_as_new",
     "durable",
     "get_execution",
     "get_handle",

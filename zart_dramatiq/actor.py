@@ -36,7 +36,7 @@ class DurableActor(Actor):  # type: ignore[type-arg]
     def message_with_options(
         self, *, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None, **options: Any
     ) -> dramatiq.Message[Any]:
-        args, kwargs = self.dump_arguments(args, kwargs or {})
+        args, kwargs = self.dump_input(args, kwargs or {})
         return super().message_with_options(args=args, kwargs=kwargs, **options)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -46,11 +46,16 @@ class DurableActor(Actor):  # type: ignore[type-arg]
             return super().__call__(*args, **kwargs)
         return self.middleware.run_body(self, delivery, args, kwargs)
 
-    def dump_arguments(
+    def dump_input(
         self, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> tuple[tuple[Any, ...], dict[str, Any]]:
-        """Arguments as JSON-compatible data, through their annotations."""
-        return self._convert(args, kwargs, dump)
+        """An execution's input as JSON-compatible data, through the arguments' annotations.
+
+        Raises SerializationError, or PayloadTooLarge past ``Limits.payload_bytes``.
+        """
+        args, kwargs = self._convert(args, kwargs, dump)
+        self.middleware.limits.check_payload([args, kwargs], what=f"the input of {self.actor_name}")
+        return args, kwargs
 
     def load_arguments(
         self, args: tuple[Any, ...], kwargs: dict[str, Any]

@@ -286,6 +286,7 @@ def cmd_executions_show(session: Session, args: argparse.Namespace) -> int:
         ("wakes at", wake_up and f"{_cell(wake_up[0])} ({_wake_reason(info, wake_up[1])})"),
         ("in flight", ", ".join(in_flight) or None),
         ("runs", info.runs),
+        ("generation", info.generation),
         ("input", _compact_json(info.input)),
     ]
     if info.status == "completed":

@@ -10,7 +10,7 @@ from typing import Any
 
 import dramatiq
 
-from . import lifecycle
+from . import lifecycle, retention
 from .actor import DurableActor
 from .errors import (
     ExecutionConflict,
@@ -24,9 +24,6 @@ from .middleware import DurableMiddleware, middleware_for
 from .run import EXECUTION_ID, SEQ, continuation
 from .serialization import dump, input_hash, load
 from .store import RESULT_WAITER
-
-#: Executions deleted per transaction by purge_executions.
-PURGE_BATCH = 1000
 
 
 @dataclass(frozen=True)
@@ -57,6 +54,8 @@ class ExecutionInfo:
     waiting_for: str | None
     wake_at: datetime | None
     runs: int
+    #: How many times the execution continued as new (``zart.continue_as_new``).
+    generation: int
     created_at: datetime
     updated_at: datetime
     finished_at: datetime | None
@@ -123,8 +122,9 @@ def start(
     """Start ``actor(*args, **kwargs)`` as a durable execution; idempotent by ``execution_id``.
 
     The same id with the same input returns the existing execution; with a
-    different input it raises ExecutionConflict. On broker_pg the execution
-    and its first message commit together.
+    different input it raises ExecutionConflict, and an input larger than the
+    middleware's ``Limits.payload_bytes`` PayloadTooLarge, before anything is
+    written. On broker_pg the execution and its first message commit together.
     """
     if not isinstance(actor, DurableActor):
         raise TypeError(f"{actor!r} is not durable: decorate it with @zart.durable")
@@ -178,11 +178,13 @@ def send_event(
     Returns False when an event with the same ``key`` was already delivered
     (it is stored once). Raises UnknownExecution, or ExecutionFinished if the
     execution ended — except a failed one, whose inbox still takes events: a
-    corrected event followed by ``retry`` resumes it.
+    corrected event followed by ``retry`` resumes it. A payload larger than the
+    middleware's ``Limits.payload_bytes`` raises PayloadTooLarge, storing nothing.
     """
     middleware = _middleware(broker)
     store = middleware.store
     data = dump(payload, Any, what=f"the payload of event {name!r}")
+    middleware.limits.check_payload(data, what=f"the payload of event {name!r}")
     with store.transaction() as tx:
         row = store.run(tx, "lock_for_event", id=execution_id)
         if row is None:
@@ -248,19 +250,10 @@ def purge_executions(older_than: timedelta, *, broker: dramatiq.Broker | None = 
     """Delete executions that ended more than ``older_than`` ago, with their steps and events.
 
     Running, sleeping and waiting executions are never touched. Returns how many
-    were deleted; run it from a periodic job to bound the tables.
+    were deleted. Workers do this by themselves past the DurableMiddleware's
+    ``execution_retention``; this is for a shorter retention, once.
     """
-    store = _middleware(broker).store
-    deleted = 0
-    while True:
-        # Small batches keep each transaction short on a busy table.
-        row = store.fetchone(
-            "purge_executions", older_than_s=older_than.total_seconds(), batch=PURGE_BATCH
-        )
-        count = int(row[0]) if row else 0
-        deleted += count
-        if count < PURGE_BATCH:
-            return deleted
+    return retention.purge(_middleware(broker).store, older_than)
 
 
 def get_execution(execution_id: str, *, broker: dramatiq.Broker | None = None) -> ExecutionInfo:

@@ -57,3 +57,71 @@ class ExecutionFailed(ZartError):
 
 class ResultTimeout(ZartError, TimeoutError):
     """``handle.result(timeout=)`` ran out of time before the execution ended."""
+
+
+class NotAllowedInStep(ZartError):
+    """A call that ends the run (``zart.continue_as_new``) was made inside a step's function."""
+
+
+class LimitExceeded(ZartError):
+    """Something an execution would store is larger than its ``Limits`` allow.
+
+    Built from its fields, so a recorded one is rebuilt as itself on replay.
+    """
+
+
+class JournalTooLarge(LimitExceeded):
+    """A generation's journal is full: one more step, sleep or event wait would pass the limit."""
+
+    def __init__(self, execution_id: str, key: str, entries: int, limit: int) -> None:
+        super().__init__(execution_id, key, entries, limit)
+        self.execution_id = execution_id
+        self.key = key
+        self.entries = entries
+        self.limit = limit
+
+    def __str__(self) -> str:
+        return (
+            f"execution {self.execution_id!r} cannot record {self.key}: its journal holds "
+            f"{self.entries} entries, the limit for one generation "
+            f"(Limits.journal_entries = {self.limit}). Call zart.continue_as_new(...) every "
+            "few thousand iterations to go on with a fresh journal, or raise the limit with "
+            "DurableMiddleware(limits=Limits(journal_entries=...))."
+        )
+
+
+class StepResultTooLarge(LimitExceeded):
+    """A step returned more JSON than ``Limits.payload_bytes``; recorded as the step's failure."""
+
+    def __init__(self, step: str, size: int, limit: int) -> None:
+        super().__init__(step, size, limit)
+        self.step = step
+        self.size = size
+        self.limit = limit
+
+    def __str__(self) -> str:
+        return (
+            f"step {self.step!r} returned {self.size} bytes of JSON, over the limit of "
+            f"{self.limit} (Limits.payload_bytes). Its function ran, but its result is not "
+            "stored: the step is recorded as failed. Store the data elsewhere (a table, object "
+            "storage) and return a reference to it, or raise the limit with "
+            "DurableMiddleware(limits=Limits(payload_bytes=...)); then zart.retry the execution."
+        )
+
+
+class PayloadTooLarge(LimitExceeded, ValueError):
+    """An event payload or an execution's input is larger than ``Limits.payload_bytes``."""
+
+    def __init__(self, what: str, size: int, limit: int) -> None:
+        super().__init__(what, size, limit)
+        self.what = what
+        self.size = size
+        self.limit = limit
+
+    def __str__(self) -> str:
+        return (
+            f"{self.what} is {self.size} bytes of JSON, over the limit of {self.limit} "
+            "(Limits.payload_bytes); nothing was stored. Pass a reference to the data (a row "
+            "id, an object-storage key) instead, or raise the limit with "
+            "DurableMiddleware(limits=Limits(payload_bytes=...))."
+        )

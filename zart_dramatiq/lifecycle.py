@@ -1,14 +1,15 @@
 """Every status change of an execution, each guarded by the states it may leave.
 
 No other module changes an execution's status. A run's own transitions
-(suspend, finish) are fenced by its token, the run counter ``acquire``
-bumped: once another run has taken the execution, or a cancel moved it out
-of ``running``, they match nothing and raise ``Refused``.
+(suspend, finish, continue_as_new) are fenced by its token, the run counter
+``acquire`` bumped: once another run has taken the execution, or a cancel
+moved it out of ``running``, they match nothing and raise ``Refused``.
 
     pending ─┐
     sleeping ├─ acquire ─> running ─ suspend ─> sleeping | waiting | retrying
     waiting  │                     ─ finish ──> completed | failed | timed_out
     retrying ┘                     ─ abandon ─> retrying   (its run ended unrecorded)
+                                   ─ continue_as_new ─> pending   (its next generation)
     any active ─ cancel ─> cancelled
     failed | cancelled | timed_out ─ reopen ─> pending
 """
@@ -174,6 +175,28 @@ def finish(
     )
     if row is None:
         raise _refused(store, tx, run)
+
+
+def continue_as_new(
+    store: Store, tx: Transaction, run: RunRef, *, seq: int, input: Any, message: bytes
+) -> int:
+    """running -> pending, as the next generation: new input, an empty journal; return it.
+
+    The inbox is kept: events not yet consumed wait for the new generation.
+    """
+    row = store.run(
+        tx,
+        "continue_as_new",
+        id=run.execution_id,
+        token=run.token,
+        seq=seq,
+        input=input,
+        message=message,
+        sources=_RUN_ONLY,
+    )
+    if row is None:
+        raise _refused(store, tx, run)
+    return row[0]  # type: ignore[no-any-return]
 
 
 def release_owner(store: Store, run: RunRef) -> None:

@@ -31,6 +31,7 @@ from broker_pg.presence import WorkerPresence
 from broker_pg.sqlfile import Queries
 
 from .errors import ZartError
+from .limits import DEFAULT_LIMITS, Limits
 from .run import SEQ
 from .runner import Runner
 from .store import Store
@@ -63,6 +64,13 @@ class DurableMiddleware(dramatiq.Middleware):
         sweeper sends the resuming message again.
       write_timeout: how long a run keeps retrying a write through a database
         outage before it lets go and leaves its execution to the sweeper.
+      execution_retention: how long an ended execution (completed, failed,
+        cancelled, timed out) is kept, with its steps and events, before a worker
+        deletes it: until then its id starts nothing new and ``zart.retry`` can
+        resume it. None keeps executions until purged.
+      limits: what one execution may store: the entries of a generation's
+        journal, and the size of a step result, event payload or input
+        (``Limits``: 10,000 entries, 1 MiB).
     """
 
     def __init__(
@@ -74,6 +82,8 @@ class DurableMiddleware(dramatiq.Middleware):
         repair_after: timedelta = timedelta(seconds=60),
         heartbeat_interval: float = 1.0,
         write_timeout: float = 30.0,
+        execution_retention: timedelta | None = timedelta(days=30),
+        limits: Limits = DEFAULT_LIMITS,
     ) -> None:
         self.url = url
         self.schema = schema
@@ -81,6 +91,8 @@ class DurableMiddleware(dramatiq.Middleware):
         self.repair_after = repair_after
         self.heartbeat_interval = heartbeat_interval
         self.write_timeout = write_timeout
+        self.execution_retention = execution_retention
+        self.limits = limits
         self.broker: dramatiq.Broker | None = None
         self._store: Store | None = None
         self._transport: Transport | None = None
@@ -116,6 +128,7 @@ class DurableMiddleware(dramatiq.Middleware):
                 self._transport,
                 worker_id=lambda: self.worker_id,
                 lease_timeout=self._lease_timeout,
+                limits=self.limits,
             )
             self._sweeper = Sweeper(
                 self._store,
@@ -124,6 +137,7 @@ class DurableMiddleware(dramatiq.Middleware):
                 worker_id=lambda: self.worker_id,
                 interval=self.heartbeat_interval,
                 repair_after=self.repair_after,
+                execution_retention=self.execution_retention,
             )
 
     @property

@@ -179,6 +179,24 @@ UPDATE {schema}.executions
  WHERE id = %(id)s AND runs = %(token)s AND status = ANY(%(sources)s)
 RETURNING wake_seq, resume_message
 
+-- name: continue_as_new
+-- running -> pending, by the current run only: the execution starts afresh as
+-- its next generation, with new input and an empty journal (this generation's
+-- steps are deleted). The inbox is kept: unconsumed events wait for the next
+-- generation, consumed ones stay consumed (and their keys keep deduplicating).
+-- input_hash stays the start's, so repeating that start still finds it.
+WITH renewed AS (
+    UPDATE {schema}.executions
+       SET status = 'pending', generation = generation + 1, input = %(input)s,
+           run_owner = NULL, wake_seq = %(seq)s, waiting_for = NULL, wake_at = NULL,
+           resume_message = %(message)s, updated_at = now()
+     WHERE id = %(id)s AND runs = %(token)s AND status = ANY(%(sources)s)
+    RETURNING id, generation
+), cleared AS (
+    DELETE FROM {schema}.steps AS s USING renewed WHERE s.execution_id = renewed.id
+)
+SELECT generation FROM renewed
+
 -- name: cancel
 WITH target AS (
     SELECT id, status, wake_message FROM {schema}.executions WHERE id = %(id)s FOR UPDATE
@@ -207,7 +225,7 @@ RETURNING id
 
 -- name: get_execution
 SELECT id, actor_name, queue_name, status, input, result, error, deadline, waiting_for,
-       wake_at, runs, created_at, updated_at, finished_at
+       wake_at, runs, generation, created_at, updated_at, finished_at
   FROM {schema}.executions WHERE id = %(id)s
 
 -- name: get_steps
@@ -218,7 +236,7 @@ SELECT step_key, kind, name, fn, status, result, error, attempts, started_at, fi
 
 -- name: list_executions
 SELECT id, actor_name, queue_name, status, input, result, error, deadline, waiting_for,
-       wake_at, runs, created_at, updated_at, finished_at
+       wake_at, runs, generation, created_at, updated_at, finished_at
   FROM {schema}.executions
  WHERE (%(status)s::text IS NULL OR status = %(status)s)
  ORDER BY created_at DESC
@@ -269,14 +287,17 @@ SELECT target.status, reopened.wake_seq, reopened.resume_message
   FROM target LEFT JOIN reopened ON true
 
 -- name: purge_executions
--- One batch of ended executions older than the retention; steps and events go with them.
+-- One batch of up to %(limit)s ended executions older than the retention, oldest
+-- first; steps and events go with them. Rows locked (say, by a retry) are
+-- skipped: a DELETE that waited for one would not check its status again.
 WITH gone AS (
     DELETE FROM {schema}.executions
      WHERE id IN (SELECT id FROM {schema}.executions
                    WHERE status IN ('completed', 'failed', 'cancelled', 'timed_out')
                      AND finished_at < now() - %(older_than_s)s * interval '1 second'
                    ORDER BY finished_at
-                   LIMIT %(batch)s)
+                   LIMIT %(limit)s
+                     FOR UPDATE SKIP LOCKED)
     RETURNING 1
 )
 SELECT count(*) FROM gone

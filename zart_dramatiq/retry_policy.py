@@ -9,6 +9,8 @@ from typing import Any
 import tenacity
 from tenacity import RetryCallState
 
+from .errors import NotAllowedInStep
+
 
 @dataclass(frozen=True)
 class Retry:
@@ -16,7 +18,8 @@ class Retry:
 
     ``stop``, ``wait`` and ``retry`` are tenacity strategies (``stop_after_attempt``,
     ``wait_exponential``, ``wait_random_exponential``, ``retry_if_exception_type``,
-    ...). Exceptions of a ``non_retryable`` type fail the step at once. A wait
+    ...). Exceptions of a ``non_retryable`` type fail the step at once, and so
+    does NotAllowedInStep (a misuse no attempt can get past). A wait
     up to ``max_inline_wait`` is slept in the worker thread; a longer one is a
     durable suspension that frees the thread.
     """
@@ -54,7 +57,7 @@ class Retry:
 
     def next_wait(self, attempt: int, error: BaseException, elapsed: float) -> float | None:
         """Seconds to wait before attempt ``attempt + 1``, or None to give up."""
-        if isinstance(error, self.non_retryable):
+        if isinstance(error, (*self.non_retryable, NotAllowedInStep)):
             return None
         state = RetryCallState(retry_object=None, fn=None, args=(), kwargs={})  # type: ignore[arg-type]
         state.attempt_number = attempt

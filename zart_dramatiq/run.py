@@ -13,6 +13,8 @@ from __future__ import annotations
 import time
 import uuid
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -22,9 +24,11 @@ import dramatiq
 from dramatiq import MessageProxy
 
 from . import lifecycle
-from .errors import NotInExecution
+from .body_retries import RETRIES
+from .errors import JournalTooLarge, NotInExecution
 from .lifecycle import RunRef
-from .signals import DeadlinePassed, Refused, Suspended
+from .limits import DEFAULT_LIMITS, Limits
+from .signals import ContinuedAsNew, DeadlinePassed, Refused, Suspended
 from .store import StepRecord, Store, Transaction
 from .transport import Transport
 
@@ -66,7 +70,10 @@ class Run:
     store: Store
     transport: Transport
     journal: dict[str, dict[str, Any]]
+    limits: Limits = DEFAULT_LIMITS
     occurrences: Counter[tuple[str, str]] = field(default_factory=Counter)
+    #: The name of the step whose function runs now, if any.
+    step_in_flight: str | None = None
     #: Set once the run's suspension has committed; a body that swallowed it cannot go on.
     suspension: Suspended | None = None
     #: Errors raised from recorded failures: if the body ends with one, it ends failed.
@@ -82,11 +89,25 @@ class Run:
         self.ensure_active()
         self.occurrences[kind, name] += 1
         count = self.occurrences[kind, name]
-        return f"{kind}:{name}" if count == 1 else f"{kind}:{name}#{count}"
+        key = f"{kind}:{name}" if count == 1 else f"{kind}:{name}#{count}"
+        # Refused before anything runs or is written: deterministic, so it fails the execution.
+        limit = self.limits.journal_entries
+        if key not in self.journal and len(self.journal) >= limit:
+            raise self.final(JournalTooLarge(self.execution_id, key, len(self.journal), limit))
+        return key
 
     def ensure_active(self) -> None:
         if self.suspension is not None:
             raise self.suspension
+
+    @contextmanager
+    def running_step(self, name: str) -> Iterator[None]:
+        """Mark the function of step ``name`` as running, for the duration."""
+        outer, self.step_in_flight = self.step_in_flight, name
+        try:
+            yield
+        finally:
+            self.step_in_flight = outer
 
     def seconds_since(self, entry: dict[str, Any]) -> float:
         """Seconds since the journal ``entry`` was first recorded, by the database's clock."""
@@ -188,6 +209,36 @@ class Run:
         self.transport.settle(tx, self.delivery)
         suspension = Suspended(f"execution {self.execution_id!r} is {status}")
         tx.after_commit.append(lambda: self._paused(suspension))
+
+    def continue_as_new(
+        self, tx: Transaction, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> None:
+        """End the run and start the execution afresh with this (JSON) input, inside ``tx``.
+
+        The new generation's journal is empty and its inbox is this one's. Its
+        first message, the transition and the ack of this delivery commit
+        together on broker_pg; once ``tx`` commits, ``ensure_active`` raises.
+        """
+        seq = self.seq + 1
+        # A new body: Dramatiq's retries of this one do not carry over.
+        first = continuation(
+            self.delivery.copy(args=args, kwargs=kwargs),
+            **{EXECUTION_ID: self.execution_id, SEQ: seq, RETRIES: 0},
+        )
+        generation = lifecycle.continue_as_new(
+            self.store,
+            tx,
+            self.ref,
+            seq=seq,
+            input={"args": list(args), "kwargs": kwargs},
+            message=first.encode(),
+        )
+        send_resume(self.store, self.transport, tx, self.execution_id, first, 0)
+        self.transport.settle(tx, self.delivery)
+        continued = ContinuedAsNew(
+            f"execution {self.execution_id!r} continues as new, in generation {generation}"
+        )
+        tx.after_commit.append(lambda: self._paused(continued))
 
     def _paused(self, suspension: Suspended) -> None:
         # Results must not store this delivery's (absent) result; the resumed one will.

@@ -3,7 +3,8 @@
 How a run ends:
 
 * the body returns: the execution completes;
-* the body pauses (sleep, event wait, step backoff): already committed;
+* the body pauses (sleep, event wait, step backoff) or continues as new
+  (the execution starts afresh as its next generation): already committed;
 * the body raises a recorded failure (an exhausted step, non-determinism, an
   event that fails its model) or an error Dramatiq would not retry: it fails,
   at once and for good, until ``zart.retry``;
@@ -31,6 +32,7 @@ from broker_pg import DatabaseUnavailable
 from . import lifecycle
 from .body_retries import RETRIES, retry_delay_ms
 from .errors import NonDeterminismError, SerializationError
+from .limits import Limits
 from .run import (
     EXECUTION_ID,
     SEQ,
@@ -51,6 +53,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+#: Seconds a delivery waits for a run of its execution in another thread here to end.
+#: A run whose pause (or continue_as_new) just committed ends within moments, and
+#: its resuming message may already be here.
+LOCAL_WAIT_S = 0.2
 #: Seconds before a delivery deferred behind a run in this same process looks again.
 LOCAL_DEFER_S = 2.0
 
@@ -61,29 +67,33 @@ class LocalRuns:
     def __init__(self) -> None:
         #: Execution id -> the thread running its body.
         self._runs: dict[str, int] = {}
-        self._lock = threading.Lock()
+        self._released = threading.Condition()
 
     @contextmanager
-    def reserve(self, execution_id: str) -> Iterator[bool]:
-        """Hold ``execution_id`` for a run in this thread; yield False if another thread has it."""
+    def reserve(self, execution_id: str, *, wait: float = 0.0) -> Iterator[bool]:
+        """Hold ``execution_id`` for a run in this thread; yield False if another thread has it.
+
+        Waits up to ``wait`` seconds for that thread to let go first.
+        """
         thread = threading.get_ident()
-        with self._lock:
+        with self._released:
             # A thread starting a delivery runs no other body: anything it still holds
             # was left behind by an asynchronous exception in a release.
             for stale in [key for key, holder in self._runs.items() if holder == thread]:
                 del self._runs[stale]
-            free = execution_id not in self._runs
+            free = self._released.wait_for(lambda: execution_id not in self._runs, wait)
             if free:
                 self._runs[execution_id] = thread
         try:
             yield free
         finally:
             if free:
-                with self._lock:
+                with self._released:
                     self._runs.pop(execution_id, None)
+                    self._released.notify_all()
 
     def __contains__(self, execution_id: object) -> bool:
-        with self._lock:
+        with self._released:
             return execution_id in self._runs
 
 
@@ -104,11 +114,13 @@ class Runner:
         *,
         worker_id: Callable[[], UUID],
         lease_timeout: Callable[[], float],
+        limits: Limits,
     ) -> None:
         self.store = store
         self.transport = transport
         self.worker_id = worker_id
         self.lease_timeout = lease_timeout
+        self.limits = limits
         self.local_runs = LocalRuns()
 
     def deliver(
@@ -120,7 +132,7 @@ class Runner:
     ) -> Any:
         """Run one delivery; return the JSON result to hand to Dramatiq (or None)."""
         execution_id = execution_id_of(delivery)
-        with self.local_runs.reserve(execution_id) as free:
+        with self.local_runs.reserve(execution_id, wait=LOCAL_WAIT_S) as free:
             try:
                 if not free:
                     # Its body here ends soon or is refused at its next write: look again soon.
@@ -161,6 +173,7 @@ class Runner:
             store=self.store,
             transport=self.transport,
             journal={entry["key"]: entry for entry in acquired.journal},
+            limits=self.limits,
         )
         if acquired.expired:
             self._time_out(run)

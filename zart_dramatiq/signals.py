@@ -17,6 +17,10 @@ class Suspended(Paused):
     """The body paused durably; its resuming message is already scheduled."""
 
 
+class ContinuedAsNew(Suspended):
+    """The run ended in ``zart.continue_as_new``; the next generation's first message is sent."""
+
+
 class Stopped(Paused):
     """The delivery has nothing (more) to run: cancelled, timed out, stale or duplicate."""
 

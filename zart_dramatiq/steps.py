@@ -10,7 +10,8 @@ from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any, NoReturn, TypeVar, overload
 
-from .errors import NonDeterminismError
+from .errors import NonDeterminismError, StepResultTooLarge
+from .limits import json_size
 from .retry_policy import NO_RETRY, Retry
 from .run import Run, current_run, in_execution
 from .serialization import dump, error_from_json, error_to_json, load, type_hints
@@ -82,32 +83,23 @@ def _attempt(
         attempts += 1
         started = time.monotonic()
         try:
-            value = fn(*args, **kwargs)
+            with run.running_step(name):
+                value = fn(*args, **kwargs)
         except Exception as error:
             wait = retry.next_wait(attempts, error, time.monotonic() - first_started)
             if wait is None:
-                failure = error_to_json(error)
-                recorded = run.record(
-                    key,
-                    kind="step",
-                    name=name,
-                    fn=fn_name,
-                    status="failed",
-                    error=failure,
-                    attempts=attempts,
-                    started=started,
-                )
-                if recorded.status == "failed" and recorded.error == failure:
-                    run.final(error)
-                    raise
-                # Another run recorded this step first: its outcome is the one that counts.
-                return _recorded_outcome(run, name, asdict(recorded), annotation)
+                return _fail(run, key, name, fn_name, annotation, error, attempts, started)
             if wait <= retry.max_inline_wait.total_seconds():
                 time.sleep(wait)
                 continue
             # A long backoff frees the thread: resume when the next attempt is due.
             _pause_for_retry(run, key, name, fn_name, error, attempts, started, wait)
         data = dump(value, annotation, what=f"step {name!r}")
+        size = json_size(data)
+        if size > run.limits.payload_bytes:
+            # The function ran, and would return as much again: the step fails for good.
+            too_large = StepResultTooLarge(name, size, run.limits.payload_bytes)
+            return _fail(run, key, name, fn_name, annotation, too_large, attempts, started)
         recorded = run.record(
             key,
             kind="step",
@@ -122,6 +114,36 @@ def _attempt(
             return value
         # Another run recorded this step first: its outcome is the one that counts.
         return _recorded_outcome(run, name, asdict(recorded), annotation)
+
+
+def _fail(
+    run: Run,
+    key: str,
+    name: str,
+    fn_name: str,
+    annotation: Any,
+    error: BaseException,
+    attempts: int,
+    started: float,
+) -> Any:
+    """Record ``error`` as the step's final outcome and raise it.
+
+    If another run recorded the step first, its outcome is the one that counts.
+    """
+    failure = error_to_json(error)
+    recorded = run.record(
+        key,
+        kind="step",
+        name=name,
+        fn=fn_name,
+        status="failed",
+        error=failure,
+        attempts=attempts,
+        started=started,
+    )
+    if recorded.status == "failed" and recorded.error == failure:
+        raise run.final(error)
+    return _recorded_outcome(run, name, asdict(recorded), annotation)
 
 
 def _pause_for_retry(

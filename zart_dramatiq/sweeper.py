@@ -8,7 +8,9 @@ Once a heartbeat, in each worker process:
 * a stopped run of this process that could not release its execution
   releases it now;
 * on brokers other than broker_pg, where a checkpoint and the message that
-  resumes it are two writes, an overdue wake-up is sent again.
+  resumes it are two writes, an overdue wake-up is sent again;
+* executions that ended longer ago than the retention are deleted
+  (``retention.ExecutionRetention``: one worker at a time, in batches).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from broker_pg import DatabaseUnavailable
 
 from . import lifecycle
 from .lifecycle import RunRef
+from .retention import ExecutionRetention
 from .run import EXECUTION_ID, SEQ, continuation, send_resume
 from .runner import LocalRuns
 from .store import Store, Transaction
@@ -44,6 +47,7 @@ class Sweeper:
         worker_id: Callable[[], UUID],
         interval: float,
         repair_after: timedelta,
+        execution_retention: timedelta | None,
     ) -> None:
         self.store = store
         self.transport = transport
@@ -51,6 +55,7 @@ class Sweeper:
         self.worker_id = worker_id
         self.interval = interval
         self.repair_after = repair_after
+        self.retention = ExecutionRetention(store, execution_retention)
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._pid: int | None = None
@@ -76,6 +81,7 @@ class Sweeper:
         while not self._stopping.wait(self.interval):
             try:
                 self.sweep()
+                self.retention.run()
                 self._failing = False
             except DatabaseUnavailable as e:
                 if not self._failing:

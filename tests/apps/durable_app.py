@@ -8,6 +8,7 @@ so a test knows exactly which step is in flight when it kills the worker.
 from __future__ import annotations
 
 import os
+import signal
 import time
 from datetime import timedelta
 
@@ -73,7 +74,28 @@ def declare(broker: dramatiq.Broker) -> dict[str, zart.DurableActor]:
         payload = zart.wait_for_event("go")
         return zart.step("after", effect, execution_id, f"after-{payload['n']}")
 
-    return {"ten_steps": ten_steps, "sleeper": sleeper, "waiter": waiter}
+    @zart.durable(broker=broker, actor_name="generations")
+    def generations(
+        execution_id: str, generation: int, last: int, hold_at: int, die_at: int
+    ) -> str:
+        """One step per generation; holds in generation ``hold_at``, and the worker kills
+        itself right after generation ``die_at`` continued as new."""
+        name = f"g{generation}"
+        zart.step(name, effect, execution_id, name, generation == hold_at)
+        if generation < last:
+            try:
+                zart.continue_as_new(execution_id, generation + 1, last, hold_at, die_at)
+            finally:
+                if generation == die_at:
+                    os.kill(os.getpid(), signal.SIGKILL)
+        return name
+
+    return {
+        "ten_steps": ten_steps,
+        "sleeper": sleeper,
+        "waiter": waiter,
+        "generations": generations,
+    }
 
 
 if URL:
