@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import psycopg
 import pytest
 from psycopg.types.json import Jsonb
@@ -145,9 +147,11 @@ def test_a_completed_step_run_again_later_is_reported(lab: FaultLab) -> None:
     lab.faults.append(Fault("sigkill", 0, 0, in_flight_bound=4, recovery_s=0.1))
     report = lab.analyse("late", stall_s=1)
     assert report.duplicates == 1  # within the bound, but
-    assert report.problems() == [
-        "1 completed step(s) re-run: a s4 ran again on w1 5.0s after it was recorded"
-    ]
+    # (About 5 s: the fake rows are written moments apart on a busy machine.)
+    [problem] = report.problems()
+    assert re.fullmatch(
+        r"1 completed step\(s\) re-run: a s4 ran again on w1 5\.\ds after it was recorded", problem
+    ), problem
 
 
 def test_a_redelivery_counts_only_where_no_worker_may_be_lost(lab: FaultLab) -> None:
