@@ -53,10 +53,10 @@ SELECT status, runs FROM {schema}.executions WHERE id = %(id)s
 -- whatever was recorded first. Rows come back in input order.
 WITH batch AS (
     SELECT *
-      FROM unnest(%(ids)s::text[], %(tokens)s::int[], %(keys)s::text[], %(kinds)s::text[],
-                  %(names)s::text[], %(fns)s::text[], %(statuses)s::text[], %(results)s::jsonb[],
-                  %(errors)s::jsonb[], %(attempts)s::int[], %(durations_ms)s::float8[],
-                  %(wake_ins_s)s::float8[])
+      FROM ROWS FROM (jsonb_to_recordset(%(batch)s::jsonb)
+                      AS (execution_id text, token int, key text, kind text, name text,
+                          fn text, status text, result jsonb, error jsonb, attempts int,
+                          duration_ms float8, wake_in_s float8))
            WITH ORDINALITY
            AS b (id, token, key, kind, name, fn, status, result, error, attempts,
                  duration_ms, wake_in_s, n)
