@@ -249,17 +249,29 @@ SELECT status, result, error FROM {schema}.executions WHERE id = %(id)s
 -- For brokers other than broker_pg: an execution whose resuming message should
 -- have run by now, but nothing took it, gets its message sent again. Stale
 -- duplicates are harmless: a delivery is checked against wake_seq and run_owner.
+-- Each branch reads an index of what may be overdue (executions_overdue,
+-- executions_active, events_unconsumed), never every sleeping execution.
+WITH overdue AS (
+    SELECT e.id FROM {schema}.executions AS e
+     WHERE e.run_owner IS NULL AND e.status IN ('sleeping', 'retrying', 'waiting')
+       AND least(e.wake_at, e.deadline) < now() - %(grace_s)s * interval '1 second'
+       AND e.updated_at < now() - %(grace_s)s * interval '1 second'
+    UNION
+    SELECT e.id FROM {schema}.executions AS e
+     WHERE e.status = 'pending' AND e.run_owner IS NULL
+       AND e.updated_at < now() - %(grace_s)s * interval '1 second'
+    UNION
+    SELECT e.id FROM {schema}.events AS ev
+      JOIN {schema}.executions AS e ON e.id = ev.execution_id
+     WHERE ev.consumed_by IS NULL
+       AND e.status = 'waiting' AND e.waiting_for = ev.name AND e.run_owner IS NULL
+       AND e.updated_at < now() - %(grace_s)s * interval '1 second'
+    -- A bounded batch per sweep; the rest at the next.
+    LIMIT 1000
+)
 UPDATE {schema}.executions AS e SET updated_at = now()
- WHERE e.run_owner IS NULL
+ WHERE e.id = ANY (ARRAY(SELECT id FROM overdue))
    AND e.updated_at < now() - %(grace_s)s * interval '1 second'
-   AND (e.status = 'pending'
-        OR (e.status IN ('sleeping', 'retrying')
-            AND least(e.wake_at, e.deadline) < now() - %(grace_s)s * interval '1 second')
-        OR (e.status = 'waiting'
-            AND (least(e.wake_at, e.deadline) < now() - %(grace_s)s * interval '1 second'
-                 OR EXISTS (SELECT 1 FROM {schema}.events AS ev
-                             WHERE ev.execution_id = e.id AND ev.name = e.waiting_for
-                               AND ev.consumed_by IS NULL))))
 RETURNING e.resume_message, e.wake_seq
 
 -- name: reopen

@@ -1,0 +1,57 @@
+"""Parked executions are free for the sweeper too: its repair of lost wake-ups
+(on brokers other than broker_pg) reads what may be overdue, not every sleeper."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+
+from broker_pg.sqlfile import Queries
+
+PARKED = 50_000
+#: Pages the repair may touch, with the parked executions spread over thousands.
+PAGES_BOUND = 100
+EXPLAIN = b"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) "
+
+
+def plan_nodes(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    yield node
+    for child in node.get("Plans", []):
+        yield from plan_nodes(child)
+
+
+def test_the_repair_of_lost_wakeups_reads_only_what_may_be_overdue(
+    db: psycopg.Connection, schema: str
+) -> None:
+    t = f'"{schema}".executions'
+    columns = "id, actor_name, queue_name, status, input_hash, input, resume_message"
+    # Sleepers due tomorrow, event waits with no deadline, and one overdue sleeper.
+    db.execute(
+        f"INSERT INTO {t} ({columns}, wake_at, updated_at) "
+        "SELECT 's' || n, 'a', 'q', 'sleeping', '', '[]'::jsonb, '\\x00'::bytea, "
+        "now() + interval '1 day', now() - interval '1 hour' FROM generate_series(1, %s) AS n "
+        "UNION ALL "
+        "SELECT 'w' || n, 'a', 'q', 'waiting', '', '[]'::jsonb, '\\x00'::bytea, "
+        "NULL, now() - interval '1 hour' FROM generate_series(1, %s) AS n "
+        "UNION ALL "
+        "SELECT 'late', 'a', 'q', 'sleeping', '', '[]'::jsonb, '\\x01'::bytea, "
+        "now() - interval '1 hour', now() - interval '1 hour'",
+        (PARKED, PARKED),
+    )
+    db.execute(f"ANALYZE {t}")
+    pages = db.execute(f"SELECT relpages FROM pg_class WHERE oid = '{t}'::regclass").fetchone()
+    assert pages is not None and pages[0] > 10 * PAGES_BOUND
+
+    query = Queries("zart_dramatiq", "queries.sql", schema)["repair_lost_wakeups"]
+    with db.transaction(force_rollback=True):
+        [[[explained]]] = db.execute(EXPLAIN + query, {"grace_s": 60}).fetchall()
+    nodes = list(plan_nodes(explained["Plan"]))
+    assert not [n for n in nodes if n["Node Type"] == "Seq Scan"], nodes
+    touched = explained["Plan"]["Shared Hit Blocks"] + explained["Plan"]["Shared Read Blocks"]
+    assert touched < PAGES_BOUND, f"the repair touched {touched} pages"
+
+    with db.transaction(force_rollback=True):
+        repaired = db.execute(query, {"grace_s": 60}).fetchall()
+    assert repaired == [(b"\x01", 0)]
