@@ -19,10 +19,12 @@ waiter leaves the line. Nobody waits longer than ``timeout``.
 from __future__ import annotations
 
 import os
+import queue
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from contextlib import suppress
 from typing import Generic, TypeVar
 
 from .errors import DatabaseUnavailable
@@ -37,8 +39,9 @@ class _Request(Generic[Item, Outcome]):
     def __init__(self, item: Item) -> None:
         self.item = item
         self.done = False
-        #: Set when the request is answered or its thread is made the writer.
-        self.wake = threading.Event()
+        #: Gets a token when the request is answered or its thread is made the
+        #: writer (a C queue: cheaper than an Event's condition variable).
+        self.wake: queue.SimpleQueue[None] = queue.SimpleQueue()
         self.outcome: Outcome | None = None
         self.error: BaseException | None = None
 
@@ -93,8 +96,8 @@ class GroupCommit(Generic[Item, Outcome]):
                     raise DatabaseUnavailable(
                         f"{self._what} was not written within {self.timeout:.0f}s; {self._then}"
                     )
-                request.wake.wait(remaining)
-                request.wake.clear()
+                with suppress(queue.Empty):
+                    request.wake.get(timeout=remaining)
         finally:
             self._leave(request)
         if request.error is not None:
@@ -116,7 +119,7 @@ class GroupCommit(Generic[Item, Outcome]):
             raise
         for request in batch:
             request.done = True
-            request.wake.set()
+            request.wake.put(None)
 
     def _pass_on(self, request: _Request[Item, Outcome]) -> None:
         """Hand the writer role from ``request`` to the next one in line, if it has it."""
@@ -126,7 +129,7 @@ class GroupCommit(Generic[Item, Outcome]):
             self._writer = self._line[0] if self._line else None
             successor = self._writer
         if successor is not None:
-            successor.wake.set()
+            successor.wake.put(None)
 
     def _leave(self, request: _Request[Item, Outcome]) -> None:
         with self._lock:
