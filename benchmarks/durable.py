@@ -1,11 +1,11 @@
 """Durable workflows side by side: zart-dramatiq, DBOS, and a non-durable Dramatiq ceiling.
 
-Run from the repository root, with PostgreSQL and Redis running locally:
+Run from the repository root, with PostgreSQL, Redis and RabbitMQ running locally:
 
     .venv/bin/python -m benchmarks.durable [--workflows N] [--only a,b] [--json out.json]
 
-Sections: zart, dbos, redis, zart-sleep, dbos-sleep. See benchmarks/README.md,
-"Durable workflows".
+Sections: zart, zart-rabbitmq, dbos, redis, pgbench, zart-sleep, dbos-sleep. See
+benchmarks/README.md, "Durable workflows".
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import functools
+import importlib
 import json
 import logging
 import os
@@ -37,15 +38,20 @@ import psycopg
 from benchmarks import measure, workers
 from benchmarks.measure import Percentiles
 from benchmarks.options import comma_separated
+from benchmarks.pg_spend import CommitCeiling, Spend, SpendMeter, commit_ceiling
 
 T = TypeVar("T")
-SECTIONS = ["zart", "dbos", "redis", "zart-sleep", "dbos-sleep"]
+SECTIONS = ["zart", "zart-rabbitmq", "dbos", "redis", "pgbench", "zart-sleep", "dbos-sleep"]
 STEPS = 10
 ZART_DB = "zbench_durable_zart"
 DBOS_DB = "zbench_durable_dbos"
+PGBENCH_DB = "zbench_durable_pgbench"
 ZART_SCHEMA = "bench_durable"
 ZART_APP = "benchmarks.apps.durable_zart"
+ZART_RABBITMQ_APP = "benchmarks.apps.durable_zart_rabbitmq"
 REDIS_APP = "benchmarks.apps.durable_redis"
+#: pgbench client counts: one session's commit rate, and the server's with commits shared.
+PGBENCH_CLIENTS = (1, 8)
 
 TARGETS = {
     "zart / DBOS workflows/s": (">=", 10.0, "x"),
@@ -66,7 +72,7 @@ class Throughput:
     active_s: float  # first step start -> last workflow end
     wall_s: float  # worker spawn -> last workflow end
     start_rate: float | None = None  # workflows started (enqueued) per second by the driver
-    commits: int | None = None  # pg_stat_database.xact_commit delta, driver's own excluded
+    spend: Spend | None = None  # what the database cost the server, driver's own commits excluded
     cpu: CpuShare | None = None  # CPU per workflow, mid-drain
 
     @property
@@ -79,7 +85,7 @@ class Throughput:
 
     @property
     def commits_per_step(self) -> float | None:
-        return None if self.commits is None else self.commits / (self.workflows * STEPS)
+        return None if self.spend is None else self.spend.commits / (self.workflows * STEPS)
 
 
 @dataclass(frozen=True)
@@ -88,16 +94,18 @@ class CpuShare:
 
     worker_ms: float  # the worker processes (Python)
     postgres_ms: float  # their PostgreSQL backends
+    transport_ms: float = 0.0  # a message broker's own server (RabbitMQ), if any
 
     @property
     def total_ms(self) -> float:
-        return self.worker_ms + self.postgres_ms
+        return self.worker_ms + self.postgres_ms + self.transport_ms
 
 
 @dataclass
 class Results:
     throughput: dict[str, Throughput] = field(default_factory=dict)
     lateness: dict[str, Percentiles] = field(default_factory=dict)
+    ceilings: list[CommitCeiling] = field(default_factory=list)
     errors: dict[str, str] = field(default_factory=dict)
     #: 1-minute load averages before and after: the machine is shared with other work.
     load: list[float] = field(default_factory=list)
@@ -111,8 +119,10 @@ class Settings:
     processes: int
     threads: int
     dbos_poll: float
+    pgbench_s: float
     admin_url: str
     redis_url: str
+    amqp_url: str
     channel_url: str
     timeout: float
     keep: bool
@@ -136,20 +146,6 @@ def drop_database(settings: Settings, name: str) -> None:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def xact_commits(settings: Settings, name: str) -> int:
-    """Committed transactions of database `name`, read from another database.
-
-    Backends publish their counts when idle (at most once a second) or when they exit,
-    so callers close their connections to `name` and wait a moment before reading.
-    """
-    with psycopg.connect(settings.admin_url, autocommit=True) as conn:
-        row = conn.execute(
-            "SELECT xact_commit FROM pg_stat_database WHERE datname = %s", (name,)
-        ).fetchone()
-    assert row is not None, f"no statistics for database {name}"
-    return int(row[0])
-
-
 class Poller:
     """A connection to the benchmark database that counts its own commits (one per query)."""
 
@@ -164,11 +160,6 @@ class Poller:
 
     def close(self) -> None:
         self.conn.close()
-
-
-def settle_stats() -> None:
-    # Exiting backends flush their statistics at once; give them a moment to exit.
-    time.sleep(0.5)
 
 
 def wait_until(
@@ -215,16 +206,29 @@ def cpu_seconds(pids: list[int]) -> dict[int, float]:
     return found
 
 
-def with_descendants(root: int) -> list[int]:
-    parents: dict[int, int] = {}
+def _processes() -> Iterator[tuple[int, list[str]]]:
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit() and (fields := _stat_fields(int(entry.name))) is not None:
-            parents[int(entry.name)] = int(fields[1])
+            yield int(entry.name), fields
+
+
+def with_descendants(root: int) -> list[int]:
+    parents = {pid: int(fields[1]) for pid, fields in _processes()}
     family, frontier = [root], [root]
     while frontier:
         frontier = [pid for pid, ppid in parents.items() if ppid in frontier]
         family += frontier
     return family
+
+
+def rabbitmq_server() -> list[int]:
+    """The local RabbitMQ server: its Erlang VM does all the work."""
+    found = []
+    for pid, _ in _processes():
+        with suppress(OSError):
+            if Path(f"/proc/{pid}/comm").read_text().strip() == "beam.smp":
+                found.append(pid)
+    return found
 
 
 class CpuSampler:
@@ -235,13 +239,20 @@ class CpuSampler:
     """
 
     def __init__(
-        self, settings: Settings, database: str, workers_of: Callable[[], list[int]], poller: Poller
+        self,
+        settings: Settings,
+        database: str,
+        workers_of: Callable[[], list[int]],
+        poller: Poller,
+        transport_of: Callable[[], list[int]] = list,
     ) -> None:
         self.settings = settings
         self.database = database
         self.workers_of = workers_of
+        self.transport_of = transport_of
         self.exclude = poller.conn.info.backend_pid
-        self.marks: list[tuple[int, dict[int, float], dict[int, float]]] = []
+        #: (workflows done, CPU seconds of the workers, of their backends, of the transport)
+        self.marks: list[tuple[int, list[dict[int, float]]]] = []
 
     def backends(self) -> list[int]:
         with psycopg.connect(self.settings.admin_url, autocommit=True) as conn:
@@ -254,19 +265,20 @@ class CpuSampler:
     def observe(self, done: int) -> None:
         thresholds = (0.1 * self.settings.workflows, 0.9 * self.settings.workflows)
         if len(self.marks) < 2 and done >= thresholds[len(self.marks)]:
-            self.marks.append((done, cpu_seconds(self.workers_of()), cpu_seconds(self.backends())))
+            groups = (self.workers_of(), self.backends(), self.transport_of())
+            self.marks.append((done, [cpu_seconds(pids) for pids in groups]))
 
     def share(self) -> CpuShare | None:
         if len(self.marks) < 2 or self.marks[1][0] <= self.marks[0][0]:
             return None
-        (done0, workers0, pg0), (done1, workers1, pg1) = self.marks
+        (done0, before), (done1, after) = self.marks
         count = done1 - done0
 
         def per_workflow(before: dict[int, float], after: dict[int, float]) -> float:
             spent = sum(t - before.get(pid, 0.0) for pid, t in after.items())
             return 1000 * spent / count
 
-        return CpuShare(per_workflow(workers0, workers1), per_workflow(pg0, pg1))
+        return CpuShare(*(per_workflow(b, a) for b, a in zip(before, after, strict=True)))
 
 
 # -- Subprocesses that are not `dramatiq` workers (DBOS) -------------------------------
@@ -332,13 +344,41 @@ def dramatiq_death(worker: workers.WorkerProcess) -> str | None:
 # -- A. zart-dramatiq ------------------------------------------------------------------
 
 
-def zart_app(settings: Settings) -> Any:
-    """Import the worker app in the driver too (it declares the actors zart.start needs)."""
-    os.environ["ZDURABLE_PG_URL"] = settings.db_url(ZART_DB)
-    os.environ["ZDURABLE_SCHEMA"] = ZART_SCHEMA
-    from benchmarks.apps import durable_zart
+@dataclass(frozen=True)
+class ZartTransport:
+    """How zart's messages travel; the executions and steps are in PostgreSQL (ZART_DB)."""
 
-    return durable_zart
+    app: str  # the worker module, also imported by the driver
+    server: Callable[[], list[int]]  # the transport's own server, whose CPU is counted apart
+
+
+ZART_TRANSPORTS = {
+    # broker_pg's work is in the PostgreSQL figures: it has no server of its own.
+    "zart": ZartTransport(ZART_APP, list),
+    "zart-rabbitmq": ZartTransport(ZART_RABBITMQ_APP, rabbitmq_server),
+}
+
+
+def zart_env(settings: Settings) -> dict[str, str]:
+    return {
+        "ZDURABLE_PG_URL": settings.db_url(ZART_DB),
+        "ZDURABLE_SCHEMA": ZART_SCHEMA,
+        "ZDURABLE_AMQP_URL": settings.amqp_url,
+    }
+
+
+def zart_app(settings: Settings, module: str = ZART_APP) -> Any:
+    """Import the worker app in the driver too (it declares the actors zart.start needs)."""
+    os.environ.update(zart_env(settings))
+    return importlib.import_module(module)
+
+
+def close_pg_connections(app: Any) -> None:
+    """The driver's, so that their commits are published before a baseline is read."""
+    from zart_dramatiq.middleware import middleware_for
+
+    # On broker_pg the broker's own pool; on RabbitMQ the middleware's (AMQP stays open).
+    middleware_for(app.broker).store.db.close()
 
 
 def setup_zart(settings: Settings) -> str:
@@ -366,34 +406,43 @@ def zart_window(poller: Poller, prefix: str) -> float:
     return float(poller.scalar(query, (f"{prefix}-%",)))
 
 
-def bench_zart(settings: Settings) -> Throughput:
+def bench_zart(settings: Settings, key: str = "zart") -> Throughput:
+    transport = ZART_TRANSPORTS[key]
     url = setup_zart(settings)
-    app = zart_app(settings)
+    meter = SpendMeter(settings.admin_url, url, ZART_DB, ZART_SCHEMA)
+    app = zart_app(settings, transport.app)
     n = settings.workflows
-    start_rate = start_zart(app, app.ten_steps, "wf", n)
-    # The driver's connections close now, so their commits are published before the baseline.
-    app.broker.close()
-    settle_stats()
-    before = xact_commits(settings, ZART_DB)
-    poller = Poller(url)
-    env = {"ZDURABLE_PG_URL": url, "ZDURABLE_SCHEMA": ZART_SCHEMA}
+    app.broker.flush_all()  # RabbitMQ keeps the queue of an interrupted run
     try:
-        with workers.running(ZART_APP, settings.processes, settings.threads, env) as worker:
-            sampler = CpuSampler(
-                settings, ZART_DB, lambda: with_descendants(worker.proc.pid), poller
-            )
-            query = f"SELECT count(*) FROM {ZART_SCHEMA}.executions WHERE status = 'completed'"
-            died = lambda: dramatiq_death(worker)  # noqa: E731
-            wait_until(poller, query, (), n, settings.timeout, died, sampler.observe)
-            active = zart_window(poller, "wf")
-            wall = time.time() - worker.started
-            check_zart_steps(poller, n)
+        start_rate = start_zart(app, app.ten_steps, "wf", n)
+        close_pg_connections(app)
+        meter.begin()
+        poller = Poller(url)
+        try:
+            with workers.running(
+                transport.app, settings.processes, settings.threads, zart_env(settings)
+            ) as worker:
+                sampler = CpuSampler(
+                    settings,
+                    ZART_DB,
+                    lambda: with_descendants(worker.proc.pid),
+                    poller,
+                    transport.server,
+                )
+                query = f"SELECT count(*) FROM {ZART_SCHEMA}.executions WHERE status = 'completed'"
+                died = lambda: dramatiq_death(worker)  # noqa: E731
+                wait_until(poller, query, (), n, settings.timeout, died, sampler.observe)
+                active = zart_window(poller, "wf")
+                wall = time.time() - worker.started
+                check_zart_steps(poller, n)
+        finally:
+            polls = poller.queries
+            poller.close()
+        spend = meter.end(polls)
     finally:
-        polls = poller.queries
-        poller.close()
-    settle_stats()
-    commits = xact_commits(settings, ZART_DB) - before - polls
-    return Throughput(n, active, wall, start_rate, commits, sampler.share())
+        app.broker.flush_all()
+        close_pg_connections(app)
+    return Throughput(n, active, wall, start_rate, spend, sampler.share())
 
 
 def check_zart_steps(poller: Poller, n: int) -> None:
@@ -406,7 +455,7 @@ def check_zart_steps(poller: Poller, n: int) -> None:
 def bench_zart_sleep(settings: Settings) -> Percentiles:
     url = ensure_zart(settings)
     app = zart_app(settings)
-    env = {"ZDURABLE_PG_URL": url, "ZDURABLE_SCHEMA": ZART_SCHEMA}
+    env = zart_env(settings)
     # Unique per run, so a kept database never hands back an earlier run's executions.
     prefix = f"nap{time.time_ns()}"
     poller = Poller(url)
@@ -500,10 +549,10 @@ def enqueue_dbos(url: str, settings: Settings) -> float:
 
 def bench_dbos(settings: Settings) -> Throughput:
     url = setup_dbos(settings)
+    meter = SpendMeter(settings.admin_url, url, DBOS_DB, "dbos")
     n = settings.workflows
     start_rate = enqueue_dbos(url, settings)
-    settle_stats()
-    before = xact_commits(settings, DBOS_DB)
+    meter.begin()
     poller = Poller(url)
     spawned = time.time()
     try:
@@ -520,9 +569,20 @@ def bench_dbos(settings: Settings) -> Throughput:
     finally:
         polls = poller.queries
         poller.close()
-    settle_stats()
-    commits = xact_commits(settings, DBOS_DB) - before - polls
-    return Throughput(n, float(window), wall, start_rate, commits, sampler.share())
+    spend = meter.end(polls)
+    return Throughput(n, float(window), wall, start_rate, spend, sampler.share())
+
+
+# -- The server's commit ceiling -------------------------------------------------------
+
+
+def bench_pgbench(settings: Settings) -> list[CommitCeiling]:
+    """One-INSERT transactions, alone and with sessions sharing the commits (group commit)."""
+    url = recreate_database(settings, PGBENCH_DB)
+    try:
+        return [commit_ceiling(url, clients, settings.pgbench_s) for clients in PGBENCH_CLIENTS]
+    finally:
+        drop_database(settings, PGBENCH_DB)
 
 
 def bench_dbos_sleep(settings: Settings) -> Percentiles:
@@ -572,6 +632,7 @@ def bench_redis(settings: Settings) -> Throughput:
 
 LABELS = {
     "zart": "zart-dramatiq (broker_pg)",
+    "zart-rabbitmq": "zart-dramatiq (RabbitMQ + PG)",
     "dbos": "DBOS (queue)",
     "redis": "Dramatiq on Redis, not durable",
 }
@@ -594,7 +655,7 @@ def grid(header: list[str], rows: list[list[str]]) -> str:
 
 def throughput_table(results: Results) -> str:
     header = ["system", "workflows/s", "steps/s", "commits/step", "CPU ms/wf"]
-    header += ["(worker+pg)", "drain s", "wall s", "start/s"]
+    header += ["(worker+pg[+mq])", "drain s", "wall s", "start/s"]
     rows = []
     for key, label in LABELS.items():
         t = results.throughput.get(key)
@@ -609,13 +670,111 @@ def throughput_table(results: Results) -> str:
                 fmt(t.steps_per_s, "{:,.0f}"),
                 fmt(t.commits_per_step, "{:.2f}"),
                 fmt(cpu.total_ms if cpu else None, "{:.2f}"),
-                f"{cpu.worker_ms:.2f}+{cpu.postgres_ms:.2f}" if cpu else "-",
+                cpu_parts(cpu),
                 fmt(t.active_s, "{:.2f}"),
                 fmt(t.wall_s, "{:.2f}"),
                 fmt(t.start_rate, "{:,.0f}"),
             ]
         )
     return grid(header, rows)
+
+
+def cpu_parts(cpu: CpuShare | None) -> str:
+    if cpu is None:
+        return "-"
+    parts = [cpu.worker_ms, cpu.postgres_ms] + ([cpu.transport_ms] if cpu.transport_ms else [])
+    return "+".join(f"{ms:.2f}" for ms in parts)
+
+
+#: The systems whose database cost is shown: zart on both transports, and DBOS.
+SPENDERS = ("zart", "zart-rabbitmq", "dbos")
+
+
+def spend_table(results: Results) -> str:
+    """What one step cost the PostgreSQL server, and how much of it the drain's rate used."""
+    header = ["one PostgreSQL, per step", "commits", "WAL bytes", "(full pages)", "PG CPU us"]
+    header += ["commits/s", "WAL MB/s", "PG cores"]
+    rows = []
+    for key in SPENDERS:
+        t = results.throughput.get(key)
+        if t is None or t.spend is None:
+            continue
+        steps, wal = t.workflows * STEPS, t.spend.wal
+        wal_step = (wal.bytes if wal.bytes is not None else wal.server_bytes) / steps
+        pg_ms = t.cpu.postgres_ms if t.cpu else None
+        rows.append(
+            [
+                LABELS[key],
+                fmt(t.commits_per_step, "{:.2f}"),
+                fmt(wal_step, "{:,.0f}") + ("" if wal.bytes is not None else " (server)"),
+                fmt(
+                    wal.fpi_bytes / wal.bytes if wal.bytes and wal.fpi_bytes is not None else None,
+                    "{:.0%}",
+                ),
+                fmt(pg_ms * 1000 / STEPS if pg_ms is not None else None, "{:.0f}"),
+                fmt((t.commits_per_step or 0) * t.steps_per_s, "{:,.0f}"),
+                fmt(wal_step * t.steps_per_s / 1e6, "{:.1f}"),
+                fmt(pg_ms * t.workflows_per_s / 1000 if pg_ms is not None else None, "{:.2f}"),
+            ]
+        )
+    return grid(header, rows)
+
+
+def ceiling_table(results: Results) -> str:
+    header = ["pgbench, one INSERT per transaction", "commits/s", "ms/commit"]
+    rows = [
+        [
+            f"{c.clients} client{'s' if c.clients > 1 else ''}",
+            f"{c.commits_per_s:,.0f}",
+            f"{c.latency_ms:.2f}",
+        ]
+        for c in results.ceilings
+    ]
+    return grid(header, rows)
+
+
+def bounds_table(results: Results) -> str:
+    """Workflows/s measured, against what commits alone or PostgreSQL CPU alone would allow."""
+    shared = max((c.commits_per_s for c in results.ceilings), default=None)
+    cores = os.cpu_count() or 1
+    header = [
+        "one PostgreSQL bounds, workflows/s",
+        "measured",
+        "commit ceiling",
+        f"PG CPU, {cores} cores",
+    ]
+    rows = []
+    for key in SPENDERS:
+        t = results.throughput.get(key)
+        if t is None or t.spend is None:
+            continue
+        commits_wf = t.spend.commits / t.workflows
+        rows.append(
+            [
+                LABELS[key],
+                fmt(t.workflows_per_s, "{:,.0f}"),
+                fmt(shared / commits_wf if shared and commits_wf > 0 else None, "{:,.0f}"),
+                fmt(
+                    cores * 1000 / t.cpu.postgres_ms if t.cpu and t.cpu.postgres_ms else None,
+                    "{:,.0f}",
+                ),
+            ]
+        )
+    return grid(header, rows)
+
+
+def spend_details(results: Results) -> list[str]:
+    """Per system, WAL by record kind and rows written, to see where a step's cost goes."""
+    lines = []
+    for key in SPENDERS:
+        t = results.throughput.get(key)
+        if t is None or t.spend is None:
+            continue
+        steps, wal = t.workflows * STEPS, t.spend.wal
+        kinds = ", ".join(f"{kind} {size / steps:,.0f}" for kind, size in wal.by_kind.items())
+        lines.append(f"{LABELS[key]}, WAL bytes per step: {kinds or 'n/a (pg_walinspect)'}")
+        lines.append(f"{LABELS[key]}, rows per workflow: {t.spend.rows_line(t.workflows)}")
+    return lines
 
 
 def lateness_table(results: Results) -> str:
@@ -634,6 +793,7 @@ def lateness_table(results: Results) -> str:
 def ratios(results: Results) -> dict[str, float | None]:
     t, late = results.throughput, results.lateness
     zart, dbos, redis = t.get("zart"), t.get("dbos"), t.get("redis")
+    rabbit = t.get("zart-rabbitmq")
     zart_sleep = late.get("zart-sleep")
     return {
         "zart / DBOS workflows/s": (
@@ -648,6 +808,15 @@ def ratios(results: Results) -> dict[str, float | None]:
             else None
         ),
         "zart commits per step": zart.commits_per_step if zart else None,
+        "zart-rabbitmq / zart workflows/s": (
+            rabbit.workflows_per_s / zart.workflows_per_s if zart and rabbit else None
+        ),
+        "zart-rabbitmq / zart PG CPU per workflow": (
+            rabbit.cpu.postgres_ms / zart.cpu.postgres_ms
+            if zart and rabbit and zart.cpu and rabbit.cpu
+            else None
+        ),
+        "zart-rabbitmq commits per step": rabbit.commits_per_step if rabbit else None,
         "DBOS commits per step": dbos.commits_per_step if dbos else None,
         "zart sleep lateness p50 ms": zart_sleep.p50_ms if zart_sleep else None,
         "zart sleep lateness p99 ms": zart_sleep.p99_ms if zart_sleep else None,
@@ -682,11 +851,12 @@ def render(results: Results, settings: Settings) -> str:
         + " -> ".join(f"{x:.1f}" for x in results.load),
         "",
         throughput_table(results),
-        "",
-        lateness_table(results),
-        "",
-        ratios_table(ratios(results)),
     ]
+    if any(t.spend for t in results.throughput.values()):
+        parts += ["", spend_table(results), *spend_details(results)]
+    if results.ceilings:
+        parts += ["", ceiling_table(results), "", bounds_table(results)]
+    parts += ["", lateness_table(results), "", ratios_table(ratios(results))]
     if results.errors:
         parts += ["", "Errors:", *(f"  {k}: {v}" for k, v in results.errors.items())]
     return "\n".join(parts)
@@ -707,7 +877,9 @@ def write_json(path: Path, results: Results, settings: Settings) -> None:
             "cpus": os.cpu_count(),
             "load_average_1min": results.load,
             "python": platform.python_version(),
-            "versions": {n: package_version(n) for n in ("dramatiq", "dbos", "psycopg", "redis")},
+            "versions": {
+                n: package_version(n) for n in ("dramatiq", "dbos", "psycopg", "redis", "pika")
+            },
         },
         "throughput": {
             k: {
@@ -720,6 +892,7 @@ def write_json(path: Path, results: Results, settings: Settings) -> None:
             for k, t in results.throughput.items()
         },
         "lateness_ms": {k: asdict(p) for k, p in results.lateness.items()},
+        "commit_ceilings": [asdict(c) for c in results.ceilings],
         "ratios": ratios(results),
         "targets": {k: f"{op} {bound}" for k, (op, bound, _) in TARGETS.items() if op},
         "errors": results.errors,
@@ -744,8 +917,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--dbos-poll", type=float, default=0.01, help="DBOS queue polling_interval_sec"
     )
+    parser.add_argument(
+        "--pgbench-seconds", type=float, default=5.0, help="per pgbench commit-ceiling run"
+    )
     parser.add_argument("--admin-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
+    parser.add_argument("--amqp-url", default="amqp://guest:guest@127.0.0.1:5672/%2F")
     parser.add_argument("--channel-url", default="redis://127.0.0.1:6379/14")
     parser.add_argument("--timeout", type=float, default=180.0, help="per measurement, seconds")
     parser.add_argument("--keep", action="store_true", help="keep the benchmark databases")
@@ -759,8 +936,10 @@ def settings_from(args: argparse.Namespace) -> Settings:
         processes=args.processes,
         threads=args.threads,
         dbos_poll=args.dbos_poll,
+        pgbench_s=args.pgbench_seconds,
         admin_url=args.admin_url,
         redis_url=args.redis_url,
+        amqp_url=args.amqp_url,
         channel_url=args.channel_url,
         timeout=args.timeout,
         keep=args.keep,
@@ -779,7 +958,11 @@ def attempt(results: Results, key: str, action: Callable[[], T]) -> T | None:
 
 def run(settings: Settings, chosen: list[str]) -> Results:
     results = Results(load=[os.getloadavg()[0]])
-    throughput = {"zart": bench_zart, "dbos": bench_dbos, "redis": bench_redis}
+    throughput: dict[str, Callable[[Settings], Throughput]] = {
+        **{key: functools.partial(bench_zart, key=key) for key in ZART_TRANSPORTS},
+        "dbos": bench_dbos,
+        "redis": bench_redis,
+    }
     lateness = {"zart-sleep": bench_zart_sleep, "dbos-sleep": bench_dbos_sleep}
     for key in SECTIONS:
         if key not in chosen:
@@ -789,8 +972,11 @@ def run(settings: Settings, chosen: list[str]) -> Results:
                 t := attempt(results, key, functools.partial(throughput[key], settings))
             ) is not None:
                 results.throughput[key] = t
-        elif (p := attempt(results, key, functools.partial(lateness[key], settings))) is not None:
-            results.lateness[key] = p
+        elif key in lateness:
+            if (p := attempt(results, key, functools.partial(lateness[key], settings))) is not None:
+                results.lateness[key] = p
+        elif (c := attempt(results, key, functools.partial(bench_pgbench, settings))) is not None:
+            results.ceilings = c
     results.load.append(os.getloadavg()[0])
     return results
 
@@ -799,7 +985,7 @@ def cleanup(settings: Settings) -> None:
     _stop_spawned()
     if settings.keep:
         return
-    for name in (ZART_DB, DBOS_DB):
+    for name in (ZART_DB, DBOS_DB, PGBENCH_DB):
         with suppress(Exception):
             drop_database(settings, name)
 

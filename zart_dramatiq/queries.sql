@@ -111,8 +111,10 @@ SELECT status FROM {schema}.executions
    FOR UPDATE
 
 -- name: consume_event
+-- (The execution id in the outer WHERE too: on a table distributed by it, one node.)
 UPDATE {schema}.events SET consumed_by = %(key)s
- WHERE id = (SELECT id FROM {schema}.events
+ WHERE execution_id = %(id)s
+   AND id = (SELECT id FROM {schema}.events
               WHERE execution_id = %(id)s AND name = %(name)s AND consumed_by IS NULL
               ORDER BY id LIMIT 1
                 FOR UPDATE)
