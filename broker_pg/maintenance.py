@@ -9,7 +9,7 @@ from typing import Any
 
 import psycopg
 
-from .database import Database, bound_statements
+from .database import Database, configure_session
 from .sqlfile import Queries
 
 logger = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ class Maintenance:
                 try:
                     conn.execute(self.queries["vacuum_messages"])
                 finally:
-                    bound_statements(conn)
+                    configure_session(conn)
         except Exception:
             logger.warning("Could not vacuum the messages table.", exc_info=True)
         finally:

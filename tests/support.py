@@ -103,6 +103,63 @@ def require_rabbitmq(port: int = 5672) -> None:
 # --- SQL on a test schema ---------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class ExecutedPlan:
+    """The plan a statement ran with, as auto_explain logged it."""
+
+    plan: dict[str, Any]
+
+    def nodes(self) -> list[dict[str, Any]]:
+        found, todo = [], [self.plan]
+        while todo:
+            node = todo.pop()
+            found.append(node)
+            todo.extend(node.get("Plans", []))
+        return found
+
+    def scans(self) -> set[tuple[str, str | None]]:
+        """(node type, index name) of every scan of a table."""
+        return {(n["Node Type"], n.get("Index Name")) for n in self.nodes() if "Relation Name" in n}
+
+    @property
+    def pages(self) -> int:
+        """Shared buffers the statement touched."""
+        return int(self.plan["Shared Hit Blocks"] + self.plan["Shared Read Blocks"])
+
+
+def executed_plan(
+    conn: psycopg.Connection, query: bytes, params: dict[str, Any], *, plan_cache_mode: str
+) -> ExecutedPlan:
+    """Run ``query`` as a prepared statement, as workers do, and return the plan it ran with.
+
+    ``plan_cache_mode`` is the session's (``force_generic_plan``: a plan made
+    without the parameters' values). Data changes are rolled back.
+    """
+    logged: list[str] = []
+
+    def log(notice: psycopg.errors.Diagnostic) -> None:
+        logged.append(notice.message_primary or "")
+
+    conn.add_notice_handler(log)
+    for setting in (
+        "auto_explain.log_min_duration = 0",
+        "auto_explain.log_analyze = on",
+        "auto_explain.log_buffers = on",
+        "auto_explain.log_nested_statements = off",
+        "auto_explain.log_format = json",
+        "client_min_messages = log",
+        f"plan_cache_mode = {plan_cache_mode}",
+    ):
+        conn.execute(f"SET {setting}")
+    conn.execute("LOAD 'auto_explain'")
+    with conn.transaction(force_rollback=True):
+        conn.execute(query, params, prepare=True)
+    conn.execute("RESET ALL")
+    conn.remove_notice_handler(log)
+    [text] = [entry for entry in logged if "plan:" in entry]
+    return ExecutedPlan(json.loads(text.split("plan:", 1)[1])["Plan"])
+
+
 def scalar(conn: psycopg.Connection, schema: str, query: str, *params: Any) -> Any:
     """Run ``query`` with ``{s}`` bound to the test schema; return the first column of its row."""
     row = conn.execute(sql.SQL(query).format(s=sql.Identifier(schema)), params).fetchone()

@@ -3,27 +3,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
-
 import psycopg
+import pytest
 
 from broker_pg.sqlfile import Queries
+from tests.support import executed_plan
 
 PARKED = 50_000
 #: Pages the repair may touch, with the parked executions spread over thousands.
 PAGES_BOUND = 100
-EXPLAIN = b"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) "
 
 
-def plan_nodes(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    yield node
-    for child in node.get("Plans", []):
-        yield from plan_nodes(child)
-
-
+@pytest.mark.parametrize("plan_cache_mode", ["force_custom_plan", "force_generic_plan"])
 def test_the_repair_of_lost_wakeups_reads_only_what_may_be_overdue(
-    db: psycopg.Connection, schema: str
+    db: psycopg.Connection, schema: str, plan_cache_mode: str
 ) -> None:
     t = f'"{schema}".executions'
     columns = "id, actor_name, queue_name, status, input_hash, input, resume_message"
@@ -45,12 +38,9 @@ def test_the_repair_of_lost_wakeups_reads_only_what_may_be_overdue(
     assert pages is not None and pages[0] > 10 * PAGES_BOUND
 
     query = Queries("zart_dramatiq", "queries.sql", schema)["repair_lost_wakeups"]
-    with db.transaction(force_rollback=True):
-        [[[explained]]] = db.execute(EXPLAIN + query, {"grace_s": 60}).fetchall()
-    nodes = list(plan_nodes(explained["Plan"]))
-    assert not [n for n in nodes if n["Node Type"] == "Seq Scan"], nodes
-    touched = explained["Plan"]["Shared Hit Blocks"] + explained["Plan"]["Shared Read Blocks"]
-    assert touched < PAGES_BOUND, f"the repair touched {touched} pages"
+    plan = executed_plan(db, query, {"grace_s": 60}, plan_cache_mode=plan_cache_mode)
+    assert ("Seq Scan", None) not in plan.scans(), plan.scans()
+    assert plan.pages < PAGES_BOUND, f"the repair touched {plan.pages} pages"
 
     with db.transaction(force_rollback=True):
         repaired = db.execute(query, {"grace_s": 60}).fetchall()
