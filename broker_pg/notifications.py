@@ -38,6 +38,7 @@ from psycopg.pq import TransactionStatus
 
 from .database import TRANSACTION_POOLING_ENV, Database, describe, is_connection_error
 from .errors import ConfigurationError
+from .sqlfile import Queries
 
 logger = logging.getLogger(__name__)
 
@@ -142,6 +143,7 @@ class Notifications:
 
     def __init__(self, db: Database) -> None:
         self.db = db
+        self.queries = Queries("broker_pg", "queries.sql", db.schema)
         #: The process this session belongs to (a forked child makes its own).
         self.pid = os.getpid()
         #: Why the latest (re)connect failed; None once connected.
@@ -159,6 +161,8 @@ class Notifications:
         self._listening: set[str] = set()
         self._name: str | None = None
         self._backend_pid: int | None = None
+        #: Announced channels this session is registered for in the listeners table.
+        self._registered: set[str] = set()
         #: Attached hooks and their next tick (None: not started on this connection).
         self._hooks: dict[SessionHooks, float | None] = {}
         self._running_hook: SessionHooks | None = None
@@ -181,9 +185,10 @@ class Notifications:
         """Subscribe to ``channel`` (to ``payload`` only, if given).
 
         Subscribe before looking at what the notification is about. While the
-        channel is listened to, ``announce`` (if given) prefixes the session's
-        application_name, for senders that notify only when someone waits (the
-        session's own name follows it, so tools still find it).
+        channel is listened to with an ``announce`` (a name), the session is
+        registered in the ``listeners`` table, for senders that notify only when
+        someone waits, and its application_name starts with ``announce`` (its own
+        name follows, so tools still find it).
         """
         if on_notify is not None:
             self._need_session("a notification callback")
@@ -403,11 +408,14 @@ class Notifications:
             self._released.clear()
             self._announce = {c: a for c, a in self._announce.items() if c in wanted}
             self._listening = set()
+            self._registered = set()
+            announced = set(self._announce)
             name = self._wanted_name()
             hooks = list(self._hooks)
         _set_name(conn, name)
         for channel in sorted(wanted):
             conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+        self._register(conn, announced, set())
         with self._lock:
             if not self._owns(run):
                 return
@@ -446,12 +454,14 @@ class Notifications:
                 for c, a in self._announce.items()
                 if self._announced(a) == name and name != self._name
             }
+            announced = set(self._announce)
         if name != self._name:
             _set_name(conn, name)
         for channel in sorted(unlisten):
             conn.execute(sql.SQL("UNLISTEN {}").format(sql.Identifier(channel)))
         for channel in sorted(listen):
             conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+        self._register(conn, announced - self._registered, self._registered - announced)
         if not (listen or unlisten or name != self._name):
             return
         with self._lock:
@@ -462,6 +472,17 @@ class Notifications:
             waiters = self._waiters(listen | renamed)
         for waiter in waiters:
             waiter._wake()
+
+    def _register(self, conn: psycopg.Connection, add: set[str], remove: set[str]) -> None:
+        """Register this session for the announced channels ``add``, no longer for ``remove``.
+
+        After the LISTEN: a sender that finds the row is sure to reach the session.
+        """
+        if add:
+            conn.execute(self.queries["register_listener"], {"channels": sorted(add)})
+        if remove:
+            conn.execute(self.queries["unregister_listener"], {"channels": sorted(remove)})
+        self._registered = (self._registered | add) - remove
 
     def _run_hooks(self, conn: psycopg.Connection) -> None:
         now = time.monotonic()

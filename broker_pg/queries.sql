@@ -215,9 +215,9 @@ SELECT queue_name, pg_notify(%(channel)s, queue_name)
 -- name: purge_expired
 -- One retention batch: up to %(limit)s dead letters older than %(dead_letter_ttl)s
 -- seconds (none when it is NULL: kept for ever) and up to %(limit)s expired
--- results, oldest first; returns how many of each went. Rows locked (by a
--- requeue, a new result) are skipped: a DELETE that waited for one would not
--- check its age again.
+-- results, oldest first, and the listeners registrations of ended sessions;
+-- returns how many of each went. Rows locked (by a requeue, a new result) are
+-- skipped: a DELETE that waited for one would not check its age again.
 WITH dead AS (
     DELETE FROM {schema}.dead_letters
      WHERE id IN (SELECT id FROM {schema}.dead_letters
@@ -234,8 +234,15 @@ WITH dead AS (
                     LIMIT %(limit)s
                       FOR UPDATE SKIP LOCKED)
     RETURNING 1
+), lost_listeners AS (
+    -- Registrations of sessions that ended without taking them back.
+    DELETE FROM {schema}.listeners AS l
+     WHERE NOT EXISTS (SELECT 1 FROM pg_stat_activity AS a
+                        WHERE a.pid = l.pid AND a.backend_start = l.backend_start)
+    RETURNING 1
 )
-SELECT (SELECT count(*) FROM dead), (SELECT count(*) FROM results)
+SELECT (SELECT count(*) FROM dead), (SELECT count(*) FROM results),
+       (SELECT count(*) FROM lost_listeners)
 
 -- name: list_dead_letters
 SELECT id, queue_name, message_id, actor_name, deliveries, error, dead_at, payload
@@ -307,3 +314,16 @@ VACUUM (SKIP_LOCKED) {schema}.messages
 -- %(schema)s: one worker at a time, and the lock ends with the transaction, or
 -- with its session if the worker dies mid-batch.
 SELECT pg_try_advisory_xact_lock(hashtextextended(%(schema)s::text || '.retention.' || %(job)s::text, 0))
+
+-- name: register_listener
+-- This session waits on %(channels)s, whose senders notify only when someone
+-- waits; the row goes with the session (unregister_listener, or purge_expired
+-- once the session is gone).
+INSERT INTO {schema}.listeners (channel, pid, backend_start)
+SELECT channel, pg_backend_pid(),
+       (SELECT backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid())
+  FROM unnest(%(channels)s::text[]) AS channel
+ON CONFLICT (channel, pid) DO UPDATE SET backend_start = excluded.backend_start
+
+-- name: unregister_listener
+DELETE FROM {schema}.listeners WHERE channel = ANY(%(channels)s) AND pid = pg_backend_pid()

@@ -89,8 +89,8 @@ class ExecutionHandle:
         """
         store = self._middleware.store
         deadline = None if timeout is None else time.monotonic() + timeout
-        # On the process's shared LISTEN session, which takes the name that makes the
-        # end of an execution notify (see notify_execution_ended) while it listens.
+        # On the process's shared LISTEN session, which registers as a listener
+        # (the end of an execution is notified only while one is registered).
         ended = store.db.notifications.subscribe(
             store.channel, payload=self.execution_id, announce=RESULT_WAITER
         )
@@ -111,8 +111,8 @@ class ExecutionHandle:
                     raise ResultTimeout(
                         f"execution {self.execution_id!r} is still {status} after {timeout}s"
                     )
-                # At most 5 s: an end that checked for a waiter just before the session
-                # took its name notified nobody.
+                # At most 5 s: an end that checked for a listener just before the
+                # session registered notified nobody.
                 ended.wait(5.0 if remaining is None else min(remaining, 5.0))
 
 

@@ -154,7 +154,10 @@ WITH done AS (
      WHERE id = %(id)s AND runs = %(token)s AND status = ANY(%(sources)s)
     RETURNING id
 )
-SELECT id, {schema}.notify_execution_ended(%(channel)s, id, %(waiter)s) FROM done
+-- The end is notified only while someone waits for results (see listeners).
+SELECT id, (SELECT pg_notify(%(channel)s, id)
+             WHERE EXISTS (SELECT 1 FROM {schema}.listeners WHERE channel = %(channel)s))
+  FROM done
 
 -- name: release_owner
 -- A run that stopped (cancelled, or taken over) lets go of its execution, so a
@@ -211,7 +214,8 @@ WITH target AS (
     RETURNING e.id
 )
 SELECT target.status, target.wake_message,
-       (SELECT count({schema}.notify_execution_ended(%(channel)s, id, %(waiter)s)) FROM done)
+       (SELECT count(pg_notify(%(channel)s, id)) FROM done
+         WHERE EXISTS (SELECT 1 FROM {schema}.listeners WHERE channel = %(channel)s))
   FROM target
 
 -- name: lock_for_event

@@ -25,7 +25,7 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-#: The application name of connections waiting for executions to end.
+#: What a session waiting for executions to end announces (see Notifications.subscribe).
 RESULT_WAITER = "zart-result-waiter"
 
 
@@ -89,8 +89,8 @@ class Store:
         self.queries = Queries("zart_dramatiq", "queries.sql", db.schema)
         #: NOTIFY channel carrying the ids of executions that just ended.
         self.channel = channel_name(db.schema, "executions")
-        #: Every query may name the channel and who listens on it.
-        self._common = {"channel": self.channel, "waiter": RESULT_WAITER}
+        #: Every query may name the channel.
+        self._common = {"channel": self.channel}
         self.write_timeout = write_timeout
         self._checkpoints = GroupCommit(
             self._write_steps,

@@ -40,6 +40,16 @@ def session_pids(db: psycopg.Connection, name: str) -> list[int]:
     ]
 
 
+def listeners(db: psycopg.Connection, schema: str, channel: str) -> list[int]:
+    """Server processes of the sessions registered as listening on ``channel``."""
+    return [
+        pid
+        for (pid,) in db.execute(
+            f'SELECT pid FROM "{schema}".listeners WHERE channel = %s', (channel,)
+        ).fetchall()
+    ]
+
+
 class Waiter:
     """A thread waiting on ``call``; ``outcome`` is what it returned or raised."""
 
@@ -129,16 +139,19 @@ def test_a_durable_result_waiter_survives_a_cut_listen_session(
         message="the waiter to listen",
     )
     old_pid = hub.backend_pid
-    # While a durable result is awaited, the session bears the name that makes ends notify.
+    # While a durable result is awaited, the session is registered as a listener
+    # (which makes ends notify), and bears the waiter's name.
+    wait_until(lambda: old_pid in listeners(db, broker.db.schema, channel), message="registered")
     assert old_pid in session_pids(db, RESULT_WAITER)
     db.execute("SELECT pg_terminate_backend(%s)", (old_pid,))
     wait_until(
         lambda: (
             (pid := hub.backend_pid) not in (None, old_pid)
             and pid in session_pids(db, RESULT_WAITER)
+            and pid in listeners(db, broker.db.schema, channel)
             and hub.listening(channel)
         ),
-        message="the LISTEN session to come back under the waiter's name",
+        message="the LISTEN session to come back registered, under the waiter's name",
     )
 
     sent_at = time.monotonic()
@@ -214,3 +227,32 @@ def test_the_session_closes_once_unused_and_opens_again_when_needed(
     wait_until(lambda: hub.listening(backend.channel), message="the session to open again")
     backend.store_result(second, "again", ttl=60_000)
     assert waiter.result(timeout=10) == "again"
+
+
+def test_an_end_is_notified_only_while_someone_waits_for_results(
+    broker: PostgresBroker, worker: Worker, db: psycopg.Connection, schema: str
+) -> None:
+    @zart.durable
+    def flow() -> str:
+        return str(zart.wait_for_event("go"))
+
+    channel = channel_name(schema, "executions")
+    db.execute(f'LISTEN "{channel}"')  # overhears, without registering as a listener
+
+    unheard = zart.start(flow)
+    wait_until(lambda: unheard.status() == "waiting", timeout=15, message="the event wait")
+    zart.send_event(unheard.execution_id, "go", "quietly")
+    wait_until(lambda: unheard.status() == "completed", timeout=15, message="the end")
+    # Notifications arrive in commit order: the marker, sent after the end, comes
+    # first only if the end notified nobody.
+    db.execute("SELECT pg_notify(%s, 'marker')", (channel,))
+    assert next(db.notifies(timeout=10)).payload == "marker"
+
+    heard = zart.start(flow)
+    wait_until(lambda: heard.status() == "waiting", timeout=15, message="the event wait")
+    waiter = Waiter(lambda: heard.result(timeout=60))
+    hub = broker.db.notifications
+    wait_until(lambda: hub.backend_pid in listeners(db, schema, channel), message="registered")
+    zart.send_event(heard.execution_id, "go", "aloud")
+    assert next(db.notifies(timeout=10)).payload == heard.execution_id
+    assert waiter.result(timeout=15) == "aloud"

@@ -96,6 +96,25 @@ def test_workers_delete_dead_letters_and_results_past_retention_in_batches(
     assert result_keys(db, schema) == ["live-1", "live-2"]
 
 
+def test_listener_registrations_of_ended_sessions_are_deleted(
+    make_broker: Callable[..., PostgresBroker], db: psycopg.Connection, schema: str
+) -> None:
+    # One registration of a session long gone, and one of a live session (this one).
+    rows(
+        db,
+        schema,
+        "INSERT INTO {s}.listeners (channel, pid, backend_start)"
+        " SELECT 'c', 0, now() UNION ALL"
+        " SELECT 'c', pid, backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()"
+        " RETURNING pid",
+    )
+    consuming(make_broker(heartbeat_interval=0.05))
+    wait_until(
+        lambda: rows(db, schema, "SELECT pid FROM {s}.listeners") == [(db.info.backend_pid,)],
+        message="the ended session's registration to go",
+    )
+
+
 def test_a_dead_letter_ttl_of_none_keeps_dead_letters_while_results_still_expire(
     make_broker: Callable[..., PostgresBroker], db: psycopg.Connection, schema: str
 ) -> None:
