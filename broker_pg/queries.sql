@@ -36,22 +36,27 @@ SELECT pg_notify(%(channel)s, queue_name) FROM (SELECT DISTINCT queue_name FROM 
 -- identity. (No row lock: rows claimed in the instant of a reap are recovered
 -- with the lost worker's others, and its settlements of them are refused.)
 -- Due rows are the queue's ready rows and its delayed rows whose time has come,
--- each read from its own index, so neither scan passes rows due later.
+-- each read from its own index, so neither scan passes rows due later. Rows are
+-- written by key (id = ANY(...)): a plan made without the parameters' values
+-- would otherwise join them by scanning the table.
 -- A last row (id NULL) tells whether the worker row exists and, when fewer
 -- than %(limit)s were due, how many seconds until the queue's next delayed message.
 WITH acked AS (
     DELETE FROM {schema}.messages AS m
      USING unnest(%(ack_ids)s::bigint[], %(ack_deliveries)s::int[], %(ack_owners)s::uuid[])
            AS a (id, deliveries, owner)
-     WHERE m.id = a.id AND m.deliveries = a.deliveries AND m.lease_owner = a.owner
+     WHERE m.id = ANY(%(ack_ids)s::bigint[])
+       AND m.id = a.id AND m.deliveries = a.deliveries AND m.lease_owner = a.owner
 ), handed_back AS (
     UPDATE {schema}.messages AS m
        SET state = 'queued', lease_owner = NULL, claimed_at = NULL, claim_token = NULL,
            deliveries = m.deliveries - 1
       FROM unnest(%(back_ids)s::bigint[], %(back_deliveries)s::int[], %(back_owners)s::uuid[])
            AS b (id, deliveries, owner)
-     WHERE m.id = b.id AND m.deliveries = b.deliveries AND m.lease_owner = b.owner
-       AND m.state = 'claimed'
+     WHERE m.id = ANY(%(back_ids)s::bigint[])
+       AND m.id = b.id AND m.deliveries = b.deliveries AND m.lease_owner = b.owner
+       -- (Only a claimed row has a lease_owner; saying state = 'claimed' here
+       -- would invite a scan of every claimed row by messages_claimed.)
     RETURNING m.queue_name
 ), me AS (
     SELECT id FROM {schema}.workers WHERE id = %(worker_id)s
@@ -77,8 +82,7 @@ WITH acked AS (
     UPDATE {schema}.messages AS m
        SET state = 'claimed', lease_owner = %(worker_id)s, deliveries = m.deliveries + 1,
            claimed_at = now(), claim_token = %(claim_token)s
-      FROM due
-     WHERE m.id = due.id
+     WHERE m.id = ANY(ARRAY(SELECT id FROM due))
     RETURNING m.id, m.deliveries, m.priority, m.eta, m.payload
 )
 SELECT id, deliveries, priority, eta, payload, NULL::float8, NULL::bool FROM claimed

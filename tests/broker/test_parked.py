@@ -114,3 +114,40 @@ def test_the_next_due_lookup_is_one_index_probe(
     )
     assert ("Seq Scan", None) not in plan.scans(), plan.scans()
     assert plan.pages < PAGES_BOUND, f"an idle claim touched {plan.pages} pages"
+
+
+@pytest.mark.parametrize("plan_cache_mode", PLAN_MODES)
+def test_a_claim_in_a_deep_backlog_writes_its_rows_by_key(
+    make_broker: Any, db: psycopg.Connection, schema: str, plan_cache_mode: str
+) -> None:
+    # Not parked work, but the same promise: a claim's cost does not grow with
+    # the queue. 20,000 ready rows, 5,000 leased to other workers, one ack to settle.
+    broker: PostgresBroker = make_broker()
+    worker, other = uuid.uuid4(), uuid.uuid4()
+    t = f'"{schema}".messages'
+    db.execute(
+        f'INSERT INTO "{schema}".workers (id, hostname, pid, backend_pid)'
+        " VALUES (%s, 'test', 0, 0), (%s, 'test', 0, 0)",
+        (worker, other),
+    )
+    db.execute(
+        f"INSERT INTO {t} (queue_name, message_id, actor_name, state, lease_owner, deliveries,"
+        " payload) SELECT %s, 'm' || n, 'job', CASE WHEN n <= 5000 THEN 'claimed' ELSE"
+        " 'queued' END, CASE WHEN n <= 5000 THEN %s::uuid END, (n <= 5000)::int, '\\x00'::bytea"
+        " FROM generate_series(1, 25000) AS n",
+        (QUEUE, other),
+    )
+    db.execute(f"ANALYZE {t}")
+    [(acked,)] = db.execute(f"SELECT min(id) FROM {t}").fetchall()
+    params = {
+        **claim_params(worker, limit=16),
+        "ack_ids": [acked],
+        "ack_deliveries": [1],
+        "ack_owners": [other],
+    }
+    plan = executed_plan(
+        db, broker.queries["settle_and_claim"], params, plan_cache_mode=plan_cache_mode
+    )
+    assert ("Seq Scan", None) not in plan.scans(), plan.scans()
+    assert ("Index Scan", "messages_claimed") not in plan.scans(), plan.scans()
+    assert plan.pages < 4 * PAGES_BOUND, f"the claim touched {plan.pages} pages"
