@@ -310,8 +310,10 @@ SELECT n_dead_tup FROM pg_stat_user_tables
  WHERE schemaname = %(schema)s AND relname = 'messages'
 
 -- name: vacuum_messages
--- SKIP_LOCKED: if another worker is vacuuming already, that is enough.
-VACUUM (SKIP_LOCKED) {schema}.messages
+-- SKIP_LOCKED: if another worker is vacuuming already, that is enough. ANALYZE:
+-- where autovacuum is off, the planner would otherwise keep the statistics of
+-- a table that has since filled or drained.
+VACUUM (ANALYZE, SKIP_LOCKED) {schema}.messages
 
 -- name: take_retention_lock
 -- Whether this transaction may run a batch of retention job %(job)s of schema

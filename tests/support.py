@@ -24,6 +24,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from broker_pg.database import configure_session
 from zart_dramatiq.cli import main
 
 T = TypeVar("T")
@@ -128,12 +129,13 @@ class ExecutedPlan:
 
 
 def executed_plan(
-    conn: psycopg.Connection, query: bytes, params: dict[str, Any], *, plan_cache_mode: str
+    conn: psycopg.Connection, query: bytes, params: dict[str, Any], *, generic: bool
 ) -> ExecutedPlan:
-    """Run ``query`` as a prepared statement, as workers do, and return the plan it ran with.
+    """Run ``query`` as a prepared statement in a session set up as ours, and
+    return the plan it ran with.
 
-    ``plan_cache_mode`` is the session's (``force_generic_plan``: a plan made
-    without the parameters' values). Data changes are rolled back.
+    ``generic``: the plan our sessions make, without the parameters' values;
+    else one made for the values. Data changes are rolled back.
     """
     logged: list[str] = []
 
@@ -141,6 +143,7 @@ def executed_plan(
         logged.append(notice.message_primary or "")
 
     conn.add_notice_handler(log)
+    configure_session(conn)
     for setting in (
         "auto_explain.log_min_duration = 0",
         "auto_explain.log_analyze = on",
@@ -148,7 +151,7 @@ def executed_plan(
         "auto_explain.log_nested_statements = off",
         "auto_explain.log_format = json",
         "client_min_messages = log",
-        f"plan_cache_mode = {plan_cache_mode}",
+        *([] if generic else ["plan_cache_mode = force_custom_plan"]),
     ):
         conn.execute(f"SET {setting}")
     conn.execute("LOAD 'auto_explain'")

@@ -14,9 +14,9 @@ PARKED = 50_000
 PAGES_BOUND = 100
 
 
-@pytest.mark.parametrize("plan_cache_mode", ["force_custom_plan", "force_generic_plan"])
+@pytest.mark.parametrize("generic", [False, True], ids=["custom", "generic"])
 def test_the_repair_of_lost_wakeups_reads_only_what_may_be_overdue(
-    db: psycopg.Connection, schema: str, plan_cache_mode: str
+    db: psycopg.Connection, schema: str, generic: bool
 ) -> None:
     t = f'"{schema}".executions'
     columns = "id, actor_name, queue_name, status, input_hash, input, resume_message"
@@ -38,7 +38,7 @@ def test_the_repair_of_lost_wakeups_reads_only_what_may_be_overdue(
     assert pages is not None and pages[0] > 10 * PAGES_BOUND
 
     query = Queries("zart_dramatiq", "queries.sql", schema)["repair_lost_wakeups"]
-    plan = executed_plan(db, query, {"grace_s": 60}, plan_cache_mode=plan_cache_mode)
+    plan = executed_plan(db, query, {"grace_s": 60}, generic=generic)
     assert ("Seq Scan", None) not in plan.scans(), plan.scans()
     assert plan.pages < PAGES_BOUND, f"the repair touched {plan.pages} pages"
 
