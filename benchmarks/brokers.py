@@ -4,7 +4,8 @@ Run from the repository root:
 
     .venv/bin/python -m benchmarks.brokers [--count N] [--only a,b] [--skip a,b] [--json out.json]
 
-Brokers: postgres, rabbitmq, redis, dramatiq-pg, stub. See benchmarks/README.md.
+Brokers: postgres, rabbitmq, redis, dramatiq-pg, stub; with --parked N, postgres again with
+N parked rows in its queue; and pgbench's commit ceiling. See benchmarks/README.md.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import platform
 import sys
 import time
 from collections.abc import Callable
+from contextlib import suppress
 from importlib import metadata
 from pathlib import Path
 from typing import Any, TypeVar
@@ -24,12 +26,22 @@ if __package__ in (None, ""):
     # Run as a file (python benchmarks/brokers.py): make `benchmarks` importable.
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks import measure
+from benchmarks import measure, samples
 from benchmarks.apps.actors import BenchActors, declare_actors
+from benchmarks.apps.factories import setting
 from benchmarks.channel import Channel, channel_url
-from benchmarks.options import comma_separated
-from benchmarks.report import BrokerResult, render, write_json
-from benchmarks.targets import ALL_TARGETS, Settings, Target, Unavailable, short
+from benchmarks.options import comma_separated, non_negative_int
+from benchmarks.pg_spend import commit_ceiling
+from benchmarks.report import PG, BrokerResult, Pgbench, render, write_json
+from benchmarks.targets import (
+    ALL_TARGETS,
+    ParkedPostgresTarget,
+    Settings,
+    Target,
+    Unavailable,
+    short,
+    sql,
+)
 from benchmarks.workers import exit_on_termination_signals
 
 T = TypeVar("T")
@@ -55,6 +67,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--delay-ms", type=int, default=1000)
     parser.add_argument("--delay-spread-s", type=float, default=2.0)
     parser.add_argument("--drain-timeout", type=float, default=300.0, help="seconds")
+    parser.add_argument(
+        "--send-threads", type=int, default=8, help="producer threads of `enq threads`"
+    )
+    parser.add_argument(
+        "--burst",
+        type=non_negative_int,
+        default=10_000,
+        help="messages due at one instant (0: skip the burst)",
+    )
+    parser.add_argument(
+        "--parked",
+        type=non_negative_int,
+        default=0,
+        help="rows parked in postgres's queue for a second pass postgres+parked (0: no pass)",
+    )
+    parser.add_argument(
+        "--pgbench-seconds",
+        type=float,
+        default=5.0,
+        help="per pgbench commit-ceiling run, with postgres (0: skip)",
+    )
     parser.add_argument(
         "--dramatiq-pg-backlog",
         type=int,
@@ -93,15 +126,28 @@ def settings_from(args: argparse.Namespace) -> Settings:
         delay_spread_s=args.delay_spread_s,
         drain_timeout=args.drain_timeout,
         dramatiq_pg_backlog=args.dramatiq_pg_backlog,
+        send_threads=args.send_threads,
+        burst=args.burst,
     )
 
 
-def selected(only: list[str] | None, skip: list[str]) -> list[Target]:
-    return [t for t in ALL_TARGETS if (only is None or t.name in only) and t.name not in skip]
+def selected(only: list[str] | None, skip: list[str], parked: int) -> list[Target]:
+    """The chosen targets; with `parked`, postgres's second pass right after postgres."""
+    chosen: list[Target] = []
+    for t in ALL_TARGETS:
+        if (only is None or t.name in only) and t.name not in skip:
+            chosen.append(t)
+            if t.name == PG and parked:
+                chosen.append(ParkedPostgresTarget(parked))
+    return chosen
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 def progress(target: Target, message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {target.name}: {message}", file=sys.stderr, flush=True)
+    log(f"{target.name}: {message}")
 
 
 def attempt(result: BrokerResult, metric: str, action: Callable[[], T]) -> T | None:
@@ -161,6 +207,30 @@ def run_idle(
                 settings.delay_spread_s,
             ),
         )
+        if settings.burst:
+            run_burst(target, broker, actors, settings, channel, result)
+
+
+def run_burst(
+    target: Target,
+    broker: Any,
+    actors: BenchActors,
+    settings: Settings,
+    channel: Channel,
+    result: BrokerResult,
+) -> None:
+    count, lead = settings.burst, measure.burst_lead_s(settings.burst)
+    progress(target, f"burst: {count} messages due at one instant {lead:.1f}s ahead")
+    result.burst = attempt(
+        result,
+        "burst",
+        lambda: measure.burst(
+            channel.client,
+            lambda due_at: target.send_burst(broker, actors.burst, due_at, count),
+            count,
+            lead,
+        ),
+    )
 
 
 def with_retries(action: Callable[[], None], attempts: int = 10, pause: float = 1.0) -> None:
@@ -189,16 +259,32 @@ def fill_backlog(
 
 
 def measure_target(
-    target: Target, broker: Any, settings: Settings, channel: Channel, result: BrokerResult
+    target: Target,
+    broker: Any,
+    actors: BenchActors,
+    settings: Settings,
+    channel: Channel,
+    result: BrokerResult,
 ) -> None:
-    actors = declare_actors(broker)
     count = settings.count
+    target.setup(broker, actors, lambda message: progress(target, message))
     target.flush(broker)
     channel.reset()
 
     progress(target, f"enqueue {count} one send() at a time")
     result.enqueue_single = attempt(
         result, "enqueue_single", lambda: measure.enqueue_single(actors.noop, count)
+    )
+    target.flush(broker)
+
+    threads = settings.send_threads
+    progress(target, f"enqueue {count} from {threads} threads, one send() at a time each")
+    result.enqueue_threads = attempt(
+        result,
+        "enqueue_threads",
+        lambda: measure.enqueue_threads(
+            actors.noop, count, threads, lambda: target.producer(broker)
+        ),
     )
     target.flush(broker)
 
@@ -224,7 +310,7 @@ def measure_target(
 
 
 def bench(target: Target, settings: Settings, channel: Channel) -> BrokerResult:
-    result = BrokerResult(target.name, target.label)
+    result = BrokerResult(target.name, target.label, target.baseline)
     progress(target, "connecting")
     try:
         broker = target.connect()
@@ -233,15 +319,36 @@ def bench(target: Target, settings: Settings, channel: Channel) -> BrokerResult:
         progress(target, f"n/a ({exc})")
         return result
     try:
-        measure_target(target, broker, settings, channel, result)
+        actors = declare_actors(broker)
+        measure_target(target, broker, actors, settings, channel, result)
     except Exception as exc:
         # An unexpected failure ends this broker's turn, not the whole run.
         result.errors["aborted"] = short(exc, limit=400)
     finally:
         # Never leave a queue full, whatever happened above.
         attempt(result, "cleanup", lambda: with_retries(lambda: target.flush(broker)))
+        attempt(result, "teardown", lambda: target.teardown(broker))
         channel.reset()
+        channel.client.delete(samples.BURST)
         attempt(result, "close", lambda: target.close(broker))
+    return result
+
+
+PGBENCH_CLIENTS = (1, 8)
+
+
+def bench_pgbench(seconds: float) -> Pgbench:
+    """The server's commit ceiling, on a scratch table of the benchmark database."""
+    result = Pgbench(seconds)
+    try:
+        for clients in PGBENCH_CLIENTS:
+            log(f"pgbench -c {clients}, {seconds:g} s")
+            result.ceilings.append(commit_ceiling(setting("ZBENCH_PG_URL"), clients, seconds))
+    except Exception as exc:
+        result.unavailable = short(exc, limit=200)
+    finally:
+        with suppress(Exception):
+            sql("DROP TABLE IF EXISTS zbench_commit")
     return result
 
 
@@ -285,7 +392,20 @@ def notes(settings: Settings, targets: list[Target], load: tuple[float, float]) 
         f"~{settings.latency_gap_ms:g} ms idle before each",
         "bulk enqueue: group(...).run() for peers (one enqueue per message underneath), "
         "broker.batch() for PostgresBroker",
+        f"enq threads: {settings.send_threads} producer threads, each sending "
+        f"{settings.count // settings.send_threads:,} one at a time (RabbitmqBroker: a "
+        "connection per thread, opened before the clock starts; publishes without "
+        "confirms, Dramatiq's default)",
     ]
+    if settings.burst:
+        lines.append(
+            f"burst: {settings.burst:,} messages with delays that make them all due at one "
+            f"instant T, {measure.burst_lead_s(settings.burst):.1f}s after the first send "
+            "to the idle worker; first/p50/p99/last "
+            "= actor start - T; due skew = bound on how late after T a message was due "
+            "(the longest send, or batch, between computing a delay and the due time "
+            "being fixed)"
+        )
     lines += [t.note(settings) for t in targets if t.note(settings)]
     return lines
 
@@ -299,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.CRITICAL)
     exit_on_termination_signals()
     settings = settings_from(args)
-    targets = selected(args.only, args.skip)
+    targets = selected(args.only, args.skip, args.parked)
     channel = Channel()
     try:
         channel.ping()
@@ -308,11 +428,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     load_before = os.getloadavg()[0]
+    with_pg = any(t.name == PG for t in targets) and args.pgbench_seconds > 0
+    pgbench = bench_pgbench(args.pgbench_seconds) if with_pg else None
     results = [bench(target, settings, channel) for target in targets]
     load = (load_before, os.getloadavg()[0])
-    print(render(results, notes(settings, targets, load)))
+    print(render(results, pgbench, notes(settings, targets, load)))
     if args.json:
-        write_json(args.json, meta(settings, targets, load), results)
+        write_json(args.json, meta(settings, targets, load), results, pgbench)
         print(f"\nJSON written to {args.json}")
     return 0
 

@@ -1,16 +1,21 @@
-"""The four measurements. Each returns plain numbers; the driver decides what to do with them."""
+"""The measurements. Each returns plain numbers; the driver decides what to do with them."""
 
 from __future__ import annotations
 
 import math
 import random
+import threading
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from typing import Any
 
+import redis
 from dramatiq import Actor
 
 from benchmarks import channel as ch
+from benchmarks import samples
 from benchmarks.workers import WorkerDied, WorkerProcess
 
 
@@ -35,6 +40,27 @@ class Drain:
 
     def __str__(self) -> str:
         return f"{self.rate:,.0f} msg/s over {self.active_s:.2f}s (boot {self.boot_s:.2f}s)"
+
+
+@dataclass(frozen=True)
+class Burst:
+    lateness: Percentiles  # actor start - the common due time; max_ms: the last one to start
+    first_ms: float  # the first one to start
+    skew_ms: float  # bound on how much later than the common due time a message was due
+    send_s: float
+
+    @property
+    def rate(self) -> float:
+        """Messages started per second, first start to last: the drain rate of a burst."""
+        return self.lateness.samples / max((self.lateness.max_ms - self.first_ms) / 1000, 1e-6)
+
+    def __str__(self) -> str:
+        late = self.lateness
+        return (
+            f"first {self.first_ms:.1f} ms, p50 {late.p50_ms:.1f} ms, p99 {late.p99_ms:.1f} ms, "
+            f"last {late.max_ms:.1f} ms after the due time ({self.rate:,.0f} msg/s; sent in "
+            f"{self.send_s:.2f}s, due-time skew <= {self.skew_ms:.1f} ms)"
+        )
 
 
 def percentile(sorted_values: list[float], pct: float) -> float:
@@ -65,6 +91,97 @@ def enqueue_single(actor: Actor, count: int) -> float:
             actor.send(seq)
 
     return timed_rate(count, send_each)
+
+
+def enqueue_threads(
+    actor: Actor,
+    count: int,
+    threads: int,
+    producer: Callable[[], AbstractContextManager[Any]],
+    timeout: float = 600.0,
+) -> float:
+    """`threads` producer threads each send their share one at a time; count / wall time.
+
+    Each thread enters `producer()` (its own client, if the broker needs one) before the
+    clock starts and leaves it once every thread is done, so neither is timed.
+    """
+    shares = [count // threads + (i < count % threads) for i in range(threads)]
+    start, done = threading.Barrier(threads + 1), threading.Barrier(threads + 1)
+    errors: list[BaseException] = []
+
+    def produce(share: int) -> None:
+        try:
+            with producer():
+                start.wait(timeout)
+                for seq in range(share):
+                    actor.send(seq)
+                done.wait(timeout)
+        except BaseException as exc:
+            errors.append(exc)
+            # Nobody waits for a thread that will never arrive.
+            start.abort()
+            done.abort()
+
+    pool = [threading.Thread(target=produce, args=(share,), daemon=True) for share in shares]
+    for thread in pool:
+        thread.start()
+    elapsed = between_barriers(start, done, timeout)
+    for thread in pool:
+        thread.join(timeout)
+    if errors:
+        raise errors[0]
+    if elapsed is None:
+        raise TimeoutError(f"producers not done in {timeout:.0f}s")
+    return count / elapsed
+
+
+def between_barriers(
+    start: threading.Barrier, done: threading.Barrier, timeout: float
+) -> float | None:
+    """Seconds from `start`'s release to `done`'s, waiting at both; None if one broke."""
+    try:
+        start.wait(timeout)
+        began = time.perf_counter()
+        done.wait(timeout)
+    except threading.BrokenBarrierError:
+        return None
+    return time.perf_counter() - began
+
+
+def burst(
+    client: redis.Redis,
+    send: Callable[[float], float],
+    count: int,
+    lead_s: float,
+    timeout: float = 120.0,
+) -> Burst:
+    """`count` messages due at one instant `lead_s` ahead; lateness = start - that instant.
+
+    `send(due_at)` sends them all and returns a bound on their due-time skew. The actors
+    report through `samples.BURST`.
+    """
+    client.delete(samples.BURST)
+    sent_at = time.time()
+    due_at = sent_at + lead_s
+    skew = send(due_at)
+    send_s = time.time() - sent_at
+    if send_s >= lead_s:
+        raise RuntimeError(f"sending took {send_s:.1f}s, longer than the {lead_s:.1f}s lead")
+    late = samples.collect(client, samples.BURST, count, lead_s + timeout, stall=lead_s + 30)
+    return Burst(
+        lateness=summarize(late),
+        first_ms=min(late) * 1000,
+        skew_ms=skew * 1000,
+        send_s=send_s,
+    )
+
+
+def burst_lead_s(count: int) -> float:
+    """Time to send `count` messages one at a time on the slowest broker, with a margin.
+
+    RedisBroker sends ~4,000 delayed messages/s on a quiet box, half that on a busy one.
+    """
+    return 2.0 + count / 1500
 
 
 def wait_for_completions(

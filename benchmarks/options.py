@@ -19,3 +19,11 @@ def comma_separated(allowed: Sequence[str], what: str) -> Callable[[str], list[s
         return chosen
 
     return parse
+
+
+def non_negative_int(value: str) -> int:
+    """An argparse type: an integer >= 0 (0 usually turns a measurement off)."""
+    number = int(value)
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"{number} is negative")
+    return number

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import dramatiq
 from dramatiq import Actor, Broker
 
-from benchmarks import channel
+from benchmarks import channel, samples
 
 QUEUE = "zbench"
 
@@ -17,6 +17,7 @@ QUEUE = "zbench"
 # happens after the fork, so each process gets its own connection pool.
 _client = channel.connect()
 _tally = channel.Tally(_client)
+_bursts = samples.SampleBuffer(_client, samples.BURST)
 
 
 def noop(seq: int) -> None:
@@ -34,18 +35,26 @@ def late(due_at: float) -> None:
     channel.push(_client, channel.LATENESS, time.time() - due_at)
 
 
+def burst(due_at: float) -> None:
+    # Thousands start at once: buffered, so no start waits on a Redis round trip.
+    _bursts.add(time.time() - due_at)
+
+
 @dataclass(frozen=True)
 class BenchActors:
     noop: Actor
     stamp: Actor
     late: Actor
+    burst: Actor
 
 
 def declare_actors(broker: Broker) -> BenchActors:
-    """Declare the three actors on `broker`; names and options are the same for all brokers."""
+    """Declare the four actors on `broker`; names and options are the same for all brokers."""
 
     def declare(fn: Callable[..., None]) -> Actor:
         name = f"zbench_{fn.__name__}"
         return dramatiq.actor(broker=broker, actor_name=name, queue_name=QUEUE)(fn)
 
-    return BenchActors(noop=declare(noop), stamp=declare(stamp), late=declare(late))
+    return BenchActors(
+        noop=declare(noop), stamp=declare(stamp), late=declare(late), burst=declare(burst)
+    )
