@@ -3,7 +3,9 @@
 Decorate an actor with ``@zart.durable``; inside it, ``zart.step`` results
 are checkpointed, ``zart.sleep`` and ``zart.wait_for_event`` pause without
 holding a thread, and after a crash the body resumes at its first
-unfinished step. ``zart.continue_as_new`` lets a long loop start afresh.
+unfinished step. ``zart.now``, ``zart.uuid`` and ``zart.capture`` record a
+value once and replay it; ``zart.context()`` tells the body which execution it
+runs. ``zart.continue_as_new`` lets a long loop start afresh.
 """
 
 from .actor import DurableActor, durable
@@ -20,6 +22,7 @@ from .client import (
     send_event,
     start,
 )
+from .context import ExecutionContext, context
 from .errors import (
     EventTimeout,
     ExecutionConflict,
@@ -43,6 +46,7 @@ from .limits import Limits
 from .middleware import DurableMiddleware
 from .retry_policy import Retry
 from .steps import step
+from .values import capture, now, uuid
 from .waits import sleep, sleep_until, wait_for_event
 
 __all__ = [
@@ -50,6 +54,7 @@ __all__ = [
     "DurableMiddleware",
     "EventTimeout",
     "ExecutionConflict",
+    "ExecutionContext",
     "ExecutionFailed",
     "ExecutionFinished",
     "ExecutionHandle",
@@ -70,11 +75,14 @@ __all__ = [
     "UnknownExecution",
     "ZartError",
     "cancel",
+    "capture",
+    "context",
     "continue_as_new",
     "durable",
     "get_execution",
     "get_handle",
     "list_executions",
+    "now",
     "purge_executions",
     "retry",
     "send_event",
@@ -82,5 +90,6 @@ __all__ = [
     "sleep_until",
     "start",
     "step",
+    "uuid",
     "wait_for_event",
 ]

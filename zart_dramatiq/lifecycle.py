@@ -63,10 +63,12 @@ class RunRef:
 
 @dataclass(frozen=True)
 class Acquired:
-    """A new run of an execution: its token, whether the deadline passed, its journal."""
+    """A new run of an execution: its token, whether the deadline passed, its generation
+    and its journal."""
 
     token: int
     expired: bool
+    generation: int
     journal: list[dict[str, Any]]
 
 
@@ -112,7 +114,9 @@ def acquire(store: Store, execution_id: str, seq: int, worker_id: UUID) -> Acqui
     so an execution still held by this worker is an ended run's leftover.
     """
     row = store.write("acquire", id=execution_id, seq=seq, worker_id=worker_id, sources=_ACQUIRE)
-    return None if row is None else Acquired(token=row[0], expired=row[1], journal=row[2])
+    if row is None:
+        return None
+    return Acquired(token=row[0], expired=row[1], generation=row[2], journal=row[3])
 
 
 def suspend(

@@ -25,6 +25,7 @@ UPDATE {schema}.executions AS e
         OR NOT EXISTS (SELECT 1 FROM {schema}.workers AS w WHERE w.id = e.run_owner))
 RETURNING e.runs,
           e.deadline IS NOT NULL AND e.deadline <= statement_timestamp() AS expired,
+          e.generation,
           (SELECT coalesce(jsonb_agg(jsonb_build_object(
                       'key', s.step_key, 'kind', s.kind, 'fn', s.fn, 'status', s.status,
                       'result', s.result, 'error', s.error, 'attempts', s.attempts,

@@ -66,6 +66,8 @@ class Run:
     execution_id: str
     seq: int
     token: int
+    #: How many times the execution continued as new before this run.
+    generation: int
     delivery: MessageProxy
     store: Store
     transport: Transport

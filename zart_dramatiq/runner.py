@@ -169,6 +169,7 @@ class Runner:
             execution_id=execution_id,
             seq=seq,
             token=acquired.token,
+            generation=acquired.generation,
             delivery=delivery,
             store=self.store,
             transport=self.transport,

@@ -29,6 +29,7 @@ def take_run(broker, execution_id: str, worker_id: uuid.UUID) -> Run:
         execution_id=execution_id,
         seq=0,
         token=acquired.token,
+        generation=acquired.generation,
         delivery=None,  # type: ignore[arg-type]
         store=middleware.store,
         transport=middleware.transport,

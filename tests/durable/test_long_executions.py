@@ -200,6 +200,7 @@ def take_run(broker, actor: zart.DurableActor, execution_id: str, worker_id: uui
         execution_id=execution_id,
         seq=0,
         token=acquired.token,
+        generation=acquired.generation,
         delivery=MessageProxy(actor.message_with_options(args=(0,))),
         store=middleware.store,
         transport=middleware.transport,
