@@ -53,10 +53,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-#: Seconds a delivery waits for a run of its execution in another thread here to end.
-#: A run whose pause (or continue_as_new) just committed ends within moments, and
-#: its resuming message may already be here.
-LOCAL_WAIT_S = 0.2
 #: Seconds before a delivery deferred behind a run in this same process looks again.
 LOCAL_DEFER_S = 2.0
 
@@ -67,33 +63,35 @@ class LocalRuns:
     def __init__(self) -> None:
         #: Execution id -> the thread running its body.
         self._runs: dict[str, int] = {}
-        self._released = threading.Condition()
+        self._lock = threading.Lock()
 
     @contextmanager
-    def reserve(self, execution_id: str, *, wait: float = 0.0) -> Iterator[bool]:
+    def reserve(self, execution_id: str) -> Iterator[bool]:
         """Hold ``execution_id`` for a run in this thread; yield False if another thread has it.
 
-        Waits up to ``wait`` seconds for that thread to let go first.
+        It does not wait for the other thread: an asynchronous exception (TimeLimit)
+        landing in such a wait, outside the run, was seen to leave executions stuck.
         """
         thread = threading.get_ident()
-        with self._released:
+        with self._lock:
             # A thread starting a delivery runs no other body: anything it still holds
             # was left behind by an asynchronous exception in a release.
             for stale in [key for key, holder in self._runs.items() if holder == thread]:
                 del self._runs[stale]
-            free = self._released.wait_for(lambda: execution_id not in self._runs, wait)
+            free = execution_id not in self._runs
             if free:
                 self._runs[execution_id] = thread
         try:
             yield free
         finally:
             if free:
-                with self._released:
-                    self._runs.pop(execution_id, None)
-                    self._released.notify_all()
+                # No lock to wait for first: an asynchronous exception that arrives
+                # while a thread waits for a lock is raised as soon as it has it, and
+                # would skip the release. (One dict operation is atomic.)
+                self._runs.pop(execution_id, None)
 
     def __contains__(self, execution_id: object) -> bool:
-        with self._released:
+        with self._lock:
             return execution_id in self._runs
 
 
@@ -132,7 +130,7 @@ class Runner:
     ) -> Any:
         """Run one delivery; return the JSON result to hand to Dramatiq (or None)."""
         execution_id = execution_id_of(delivery)
-        with self.local_runs.reserve(execution_id, wait=LOCAL_WAIT_S) as free:
+        with self.local_runs.reserve(execution_id) as free:
             try:
                 if not free:
                     # Its body here ends soon or is refused at its next write: look again soon.

@@ -4,7 +4,6 @@ and what an execution would store past its limits is refused with an error that 
 from __future__ import annotations
 
 import subprocess
-import threading
 import uuid
 from collections import Counter
 from datetime import timedelta
@@ -29,7 +28,6 @@ from tests.support import (
 from zart_dramatiq import lifecycle
 from zart_dramatiq.middleware import middleware_for
 from zart_dramatiq.run import Run, current_run
-from zart_dramatiq.runner import LocalRuns
 from zart_dramatiq.signals import Refused
 
 
@@ -158,37 +156,6 @@ def test_continue_as_new_inside_a_step_fails_naming_the_step(broker, worker) -> 
         ("step:inner", "failed", 1)
     ]
     assert info.generation == 0
-
-
-def test_a_next_run_waits_for_the_previous_one_here_to_let_go_instead_of_deferring() -> None:
-    # The next generation's message is due at once, and may reach another thread of the
-    # same worker while the run that sent it still unwinds: it waits a moment for it.
-    runs = LocalRuns()
-    holding, release = threading.Event(), threading.Event()
-    taken: list[bool] = []
-
-    def previous() -> None:
-        with runs.reserve("x") as free:
-            assert free
-            holding.set()
-            release.wait(30)
-
-    def following() -> None:
-        with runs.reserve("x", wait=30) as free:
-            taken.append(free)
-
-    first = threading.Thread(target=previous)
-    first.start()
-    holding.wait(30)
-    with runs.reserve("x") as free:
-        assert not free  # without waiting, it is taken
-    second = threading.Thread(target=following)
-    second.start()
-    wait_until(lambda: runs._released._waiters, message="the next run to wait")
-    release.set()
-    for thread in (first, second):
-        thread.join(30)
-    assert taken == [True]
 
 
 def take_run(broker, actor: zart.DurableActor, execution_id: str, worker_id: uuid.UUID) -> Run:
