@@ -66,9 +66,10 @@ def test_pipelines_continue_once_with_the_final_result(broker, worker) -> None:
 
 
 def test_age_limit_does_not_drop_a_message_resumed_after_a_long_sleep(broker, worker) -> None:
-    @zart.durable(max_age=300)
+    # (An age limit a busy machine cannot miss on the first delivery: 2 s.)
+    @zart.durable(max_age=2000)
     def flow() -> str:
-        zart.sleep("longer-than-max-age", timedelta(milliseconds=600))
+        zart.sleep("longer-than-max-age", timedelta(milliseconds=2500))
         return "resumed"
 
     assert zart.start(flow).result(timeout=15) == "resumed"
