@@ -18,11 +18,10 @@ import tempfile
 from pathlib import Path
 
 import psycopg
-import pytest
 from psycopg import conninfo
 
 from tests.faults.harness import free_port
-from tests.support import in_ci, server_answers, wait_until
+from tests.support import server_answers, unavailable, wait_until
 
 PGBOUNCER_HOW_TO = "install it with `apt-get install pgbouncer` (Debian's package)"
 
@@ -35,10 +34,7 @@ def require_pgbouncer() -> str:
     found = shutil.which("pgbouncer") or shutil.which("pgbouncer", path="/usr/sbin")
     if found:
         return found
-    reason = f"pgbouncer is not installed: {PGBOUNCER_HOW_TO}"
-    if in_ci():
-        pytest.fail(f"{reason} (CI=true: tests that need pgbouncer must run)", pytrace=False)
-    pytest.skip(reason)
+    unavailable("pgbouncer", f"pgbouncer is not installed: {PGBOUNCER_HOW_TO}")
 
 
 class PgBouncer:

@@ -18,7 +18,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import psycopg
 import pytest
@@ -79,7 +79,11 @@ def require_server(name: str, host: str, port: int, how_to_get_it: str) -> None:
     """
     if server_answers(host, port):
         return
-    reason = f"{name} is not running on {host}:{port}: {how_to_get_it}"
+    unavailable(name, f"{name} is not running on {host}:{port}: {how_to_get_it}")
+
+
+def unavailable(name: str, reason: str) -> NoReturn:
+    """Skip the test for want of ``name`` outside CI, with ``reason``; fail it in CI."""
     if in_ci():
         pytest.fail(f"{reason} (CI=true: tests that need {name} must run)", pytrace=False)
     pytest.skip(reason)

@@ -21,7 +21,7 @@ import zart_dramatiq as zart
 from broker_pg import ConfigurationError, Database, DatabaseUnavailable, PostgresBroker, migrate
 from broker_pg.database import DEFAULT_POOL_SIZE, POOL_SIZE_ENV
 from tests.apps import pool_app
-from tests.faults.harness import MissingPostgres, OwnPostgres
+from tests.faults.harness import OwnPostgres, new_own_postgres
 from tests.support import Processes, new_schema_name, scalar, wait_until
 
 #: The server of the budget test: PostgreSQL's defaults.
@@ -104,11 +104,7 @@ def _backend_pid(database: Database) -> int:
 @pytest.fixture(scope="module")
 def small_postgres() -> Iterator[OwnPostgres]:
     """A server of its own with PostgreSQL's default connection limits."""
-    try:
-        server = OwnPostgres()
-    except MissingPostgres as missing:
-        # Not an external server: the test command installs pgserver's binaries itself.
-        pytest.fail(str(missing), pytrace=False)
+    server = new_own_postgres()
     try:
         server.init()
         with (server.data / "postgresql.conf").open("a") as conf:

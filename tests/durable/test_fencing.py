@@ -13,28 +13,12 @@ import tenacity
 from psycopg import sql
 
 import zart_dramatiq as zart
+from tests.durable.runs import take_run
 from tests.support import Effects, rows, scalar, wait_until
 from zart_dramatiq import lifecycle
 from zart_dramatiq.middleware import middleware_for
 from zart_dramatiq.run import Run
 from zart_dramatiq.signals import Refused
-
-
-def take_run(broker, execution_id: str, worker_id: uuid.UUID) -> Run:
-    """A run of ``execution_id`` taken directly through the state machine, as a delivery would."""
-    middleware = middleware_for(broker)
-    acquired = lifecycle.acquire(middleware.store, execution_id, 0, worker_id)
-    assert acquired is not None
-    return Run(
-        execution_id=execution_id,
-        seq=0,
-        token=acquired.token,
-        generation=acquired.generation,
-        delivery=None,  # type: ignore[arg-type]
-        store=middleware.store,
-        transport=middleware.transport,
-        journal={},
-    )
 
 
 def record_charge(run: Run, txn: str):

@@ -10,12 +10,13 @@ from datetime import timedelta
 
 import dramatiq
 import pytest
-from dramatiq import MessageProxy, Worker
+from dramatiq import Worker
 from psycopg import sql
 
 import zart_dramatiq as zart
 from broker_pg import PostgresBroker, migrate
 from tests.apps import durable_app
+from tests.durable.runs import take_run
 from tests.support import (
     Effects,
     Processes,
@@ -25,9 +26,8 @@ from tests.support import (
     scalar,
     wait_until,
 )
-from zart_dramatiq import lifecycle
 from zart_dramatiq.middleware import middleware_for
-from zart_dramatiq.run import Run, current_run
+from zart_dramatiq.run import current_run
 from zart_dramatiq.signals import Refused
 
 
@@ -158,23 +158,6 @@ def test_continue_as_new_inside_a_step_fails_naming_the_step(broker, worker) -> 
     assert info.generation == 0
 
 
-def take_run(broker, actor: zart.DurableActor, execution_id: str, worker_id: uuid.UUID) -> Run:
-    """A run of ``execution_id`` taken directly through the state machine, as a delivery would."""
-    middleware = middleware_for(broker)
-    acquired = lifecycle.acquire(middleware.store, execution_id, 0, worker_id)
-    assert acquired is not None
-    return Run(
-        execution_id=execution_id,
-        seq=0,
-        token=acquired.token,
-        generation=acquired.generation,
-        delivery=MessageProxy(actor.message_with_options(args=(0,))),
-        store=middleware.store,
-        transport=middleware.transport,
-        journal={},
-    )
-
-
 def test_continue_as_new_is_fenced_and_happens_once(broker, db, schema) -> None:
     @zart.durable
     def loop(generation: int) -> int:
@@ -183,8 +166,8 @@ def test_continue_as_new_is_fenced_and_happens_once(broker, db, schema) -> None:
     zart.start(loop, 0, execution_id="once")
     store = middleware_for(broker).store
     # A run by a worker presumed lost (no worker row), then a takeover by another run.
-    stale = take_run(broker, loop, "once", uuid.uuid4())
-    current = take_run(broker, loop, "once", broker.worker_id)
+    stale = take_run(broker, "once", uuid.uuid4(), actor=loop)
+    current = take_run(broker, "once", broker.worker_id, actor=loop)
     current.record("step:kept", kind="step", name="kept", fn="f", status="completed", result=1)
 
     with pytest.raises(Refused, match="taken over"):

@@ -13,17 +13,13 @@ from typing import Any
 
 import pytest
 
-from tests.faults.harness import FaultLab, MissingPostgres, OwnPostgres
+from tests.faults.harness import FaultLab, OwnPostgres, new_own_postgres
 
 
 @pytest.fixture(scope="session")
 def own_postgres() -> Iterator[OwnPostgres]:
     """A PostgreSQL server for this session alone, which tests may restart and stop."""
-    try:
-        server = OwnPostgres()
-    except MissingPostgres as missing:
-        # Not an external server: the test command installs pgserver's binaries itself.
-        pytest.fail(str(missing), pytrace=False)
+    server = new_own_postgres()
     try:
         server.init()
         server.start()

@@ -63,6 +63,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import pytest
 from psycopg import sql
 
 import zart_dramatiq as zart
@@ -141,6 +142,15 @@ def _server_user() -> str | None:
             return name
     subprocess.run(["useradd", "-s", "/bin/sh", "pgserver"], check=True, capture_output=True)
     return "pgserver"
+
+
+def new_own_postgres() -> OwnPostgres:
+    """A new OwnPostgres. Missing binaries fail the test, never skip it: they are no
+    external server, and the test command installs pgserver's itself."""
+    try:
+        return OwnPostgres()
+    except MissingPostgres as missing:
+        pytest.fail(str(missing), pytrace=False)
 
 
 class OwnPostgres:
