@@ -6,12 +6,18 @@ holding a thread, and after a crash the body resumes at its first
 unfinished step. ``zart.now``, ``zart.uuid`` and ``zart.capture`` record a
 value once and replay it; ``zart.context()`` tells the body which execution it
 runs. ``zart.continue_as_new`` lets a long loop start afresh.
+``zart.parallel`` and ``zart.map`` fan out branches as messages on any
+worker and join them in SQL; ``zart.start_child`` starts a child execution.
 """
 
 from .actor import DurableActor, durable
+from .children import ChildHandle, start_child
 from .client import (
+    BranchInfo,
+    ChildInfo,
     ExecutionHandle,
     ExecutionInfo,
+    GroupInfo,
     StepInfo,
     cancel,
     get_execution,
@@ -41,6 +47,7 @@ from .errors import (
     UnknownExecution,
     ZartError,
 )
+from .fanout import Call, First, call, map, parallel
 from .generations import continue_as_new
 from .limits import Limits
 from .middleware import DurableMiddleware
@@ -50,6 +57,10 @@ from .values import capture, now, uuid
 from .waits import sleep, sleep_until, wait_for_event
 
 __all__ = [
+    "BranchInfo",
+    "Call",
+    "ChildHandle",
+    "ChildInfo",
     "DurableActor",
     "DurableMiddleware",
     "EventTimeout",
@@ -59,6 +70,8 @@ __all__ = [
     "ExecutionFinished",
     "ExecutionHandle",
     "ExecutionInfo",
+    "First",
+    "GroupInfo",
     "JournalTooLarge",
     "LimitExceeded",
     "Limits",
@@ -74,6 +87,7 @@ __all__ = [
     "StepResultTooLarge",
     "UnknownExecution",
     "ZartError",
+    "call",
     "cancel",
     "capture",
     "context",
@@ -82,13 +96,16 @@ __all__ = [
     "get_execution",
     "get_handle",
     "list_executions",
+    "map",
     "now",
+    "parallel",
     "purge_executions",
     "retry",
     "send_event",
     "sleep",
     "sleep_until",
     "start",
+    "start_child",
     "step",
     "uuid",
     "wait_for_event",

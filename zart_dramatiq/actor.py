@@ -12,7 +12,7 @@ import dramatiq
 from dramatiq import Actor
 
 from .middleware import DurableMiddleware, current_delivery, middleware_for
-from .serialization import dump, load, type_hints
+from .serialization import convert_arguments, dump, load, type_hints
 
 
 class DurableActor(Actor):  # type: ignore[type-arg]
@@ -66,16 +66,7 @@ class DurableActor(Actor):  # type: ignore[type-arg]
     def _convert(
         self, args: tuple[Any, ...], kwargs: dict[str, Any], convert: Callable[..., Any]
     ) -> tuple[tuple[Any, ...], dict[str, Any]]:
-        hints = self._hints()
-        names = list(inspect.signature(self.original_fn).parameters)
-
-        def one(name: str, value: Any) -> Any:
-            return convert(
-                value, hints.get(name, Any), what=f"argument {name!r} of {self.actor_name}"
-            )
-
-        converted = tuple(one(name, value) for name, value in zip(names, args, strict=False))
-        return converted + tuple(args[len(names) :]), {k: one(k, v) for k, v in kwargs.items()}
+        return convert_arguments(self.original_fn, args, kwargs, convert, owner=self.actor_name)
 
     @property
     def return_annotation(self) -> Any:

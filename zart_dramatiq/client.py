@@ -19,6 +19,7 @@ from .errors import (
     ResultTimeout,
     UnknownExecution,
 )
+from .joins import child_ended, discard_wakeups
 from .lifecycle import TERMINAL
 from .middleware import DurableMiddleware, middleware_for
 from .run import EXECUTION_ID, SEQ, continuation
@@ -42,6 +43,46 @@ class StepInfo:
 
 
 @dataclass(frozen=True)
+class BranchInfo:
+    index: int
+    name: str
+    #: pending (not sent yet), queued, completed, failed or skipped.
+    status: str
+    attempts: int
+    error: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class GroupInfo:
+    """A parallel group or map of the execution, with its branches."""
+
+    key: str
+    mode: str
+    status: str
+    size: int
+    #: Branches that have not ended.
+    open: int
+    max_concurrency: int | None
+    #: For a 'first' group, the branch that won.
+    winner: int | None
+    branches: tuple[BranchInfo, ...]
+
+
+@dataclass(frozen=True)
+class ChildInfo:
+    """A child execution started by the execution."""
+
+    id: str
+    actor_name: str
+    status: str
+    #: The parent's journal entry that waits for it.
+    step_key: str | None
+    detached: bool
+    created_at: datetime
+    finished_at: datetime | None
+
+
+@dataclass(frozen=True)
 class ExecutionInfo:
     id: str
     actor_name: str
@@ -59,7 +100,13 @@ class ExecutionInfo:
     created_at: datetime
     updated_at: datetime
     finished_at: datetime | None
+    #: The execution that started this one as its child (``zart.start_child``).
+    parent_id: str | None
+    #: A detached child lives on when its parent ends.
+    detached: bool
     steps: tuple[StepInfo, ...] = ()
+    groups: tuple[GroupInfo, ...] = ()
+    children: tuple[ChildInfo, ...] = ()
 
 
 class ExecutionHandle:
@@ -203,10 +250,11 @@ def send_event(
 
 
 def cancel(execution_id: str, *, broker: dramatiq.Broker | None = None) -> str:
-    """Cancel an execution; return its status before (a finished one stays as it was).
+    """Cancel an execution and its attached children; return its status before.
 
-    A running body is refused at its next checkpoint (or when it returns) and
-    records nothing more; any pending wake-up is removed.
+    A finished one stays as it was. A running body is refused at its next
+    checkpoint (or when it returns) and records nothing more; any pending
+    wake-up is removed. A child's parent, if it waits for it, is woken.
     """
     middleware = _middleware(broker)
     store = middleware.store
@@ -214,10 +262,10 @@ def cancel(execution_id: str, *, broker: dramatiq.Broker | None = None) -> str:
         cancelled = lifecycle.cancel(store, tx, execution_id)
         if cancelled is None:
             raise UnknownExecution(f"cannot cancel: no execution has id {execution_id!r}")
-        previous, wake_message = cancelled
-        if previous not in TERMINAL:
-            middleware.transport.discard(tx, wake_message)
-    return previous
+        discard_wakeups(middleware.transport, tx, cancelled.wake_messages)
+        if cancelled.previous not in TERMINAL and cancelled.parent_id is not None:
+            child_ended(store, middleware.transport, tx, execution_id)
+    return cancelled.previous
 
 
 def retry(execution_id: str, *, broker: dramatiq.Broker | None = None) -> None:
@@ -257,13 +305,19 @@ def purge_executions(older_than: timedelta, *, broker: dramatiq.Broker | None = 
 
 
 def get_execution(execution_id: str, *, broker: dramatiq.Broker | None = None) -> ExecutionInfo:
-    """The execution's status, result or error, and its steps with attempts and timings."""
+    """The execution's status, result or error, its steps with attempts and timings, its
+    groups with their branches, and its children."""
     store = _middleware(broker).store
     row = store.fetchone("get_execution", id=execution_id)
     if row is None:
         raise UnknownExecution(f"no execution has id {execution_id!r}")
     steps = tuple(StepInfo(*step) for step in store.fetchall("get_steps", id=execution_id))
-    return dataclasses.replace(ExecutionInfo(*row), steps=steps)
+    groups = tuple(
+        GroupInfo(*group[:-1], branches=tuple(BranchInfo(**b) for b in group[-1]))
+        for group in store.fetchall("get_groups", id=execution_id)
+    )
+    children = tuple(ChildInfo(*child) for child in store.fetchall("get_children", id=execution_id))
+    return dataclasses.replace(ExecutionInfo(*row), steps=steps, groups=groups, children=children)
 
 
 def list_executions(

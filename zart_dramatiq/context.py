@@ -35,4 +35,5 @@ def context() -> ExecutionContext:
         attempt=int(run.delivery.options.get(RETRIES, 0)) + 1,
         run=run.token,
         generation=run.generation,
+        parent_id=run.parent_id,
     )

@@ -10,8 +10,10 @@ moved it out of ``running``, they match nothing and raise ``Refused``.
     waiting  │                     ─ finish ──> completed | failed | timed_out
     retrying ┘                     ─ abandon ─> retrying   (its run ended unrecorded)
                                    ─ continue_as_new ─> pending   (its next generation)
-    any active ─ cancel ─> cancelled
+    any active ─ cancel ─> cancelled   (also: its parent ended, for an attached child)
     failed | cancelled | timed_out ─ reopen ─> pending
+
+A transaction that touches a parent and its child locks the parent first.
 """
 
 from __future__ import annotations
@@ -63,13 +65,32 @@ class RunRef:
 
 @dataclass(frozen=True)
 class Acquired:
-    """A new run of an execution: its token, whether the deadline passed, its generation
-    and its journal."""
+    """A new run of an execution: its token, whether the deadline passed, its generation,
+    its parent (for a child) and its journal."""
 
     token: int
     expired: bool
     generation: int
+    parent_id: str | None
     journal: list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class ParentLink:
+    """Where a child execution belongs: its parent and the journal entry that waits for it."""
+
+    execution_id: str
+    step_key: str
+    #: A detached child lives on when its parent ends.
+    detached: bool = False
+
+
+@dataclass(frozen=True)
+class Cancelled:
+    previous: str
+    #: The pending wake-ups of the execution and of its attached descendants.
+    wake_messages: list[int | None]
+    parent_id: str | None
 
 
 @dataclass(frozen=True)
@@ -86,9 +107,11 @@ def create(
     execution_id: str,
     actor: DurableActor,
     message: dramatiq.Message[Any],
+    parent: ParentLink | None = None,
 ) -> bool:
     """Insert a pending execution of ``actor``, started by ``message``.
 
+    A child without a timeout of its own inherits its parent's deadline.
     False if one with this id exists already.
     """
     args = list(message.args)
@@ -103,6 +126,9 @@ def create(
         input={"args": args, "kwargs": message.kwargs},
         timeout_s=None if timeout is None else timeout.total_seconds(),
         message=message.encode(),
+        parent_id=None if parent is None else parent.execution_id,
+        parent_step=None if parent is None else parent.step_key,
+        detached=parent is not None and parent.detached,
     )
     return row is not None
 
@@ -116,7 +142,9 @@ def acquire(store: Store, execution_id: str, seq: int, worker_id: UUID) -> Acqui
     row = store.write("acquire", id=execution_id, seq=seq, worker_id=worker_id, sources=_ACQUIRE)
     if row is None:
         return None
-    return Acquired(token=row[0], expired=row[1], generation=row[2], journal=row[3])
+    return Acquired(
+        token=row[0], expired=row[1], generation=row[2], parent_id=row[3], journal=row[4]
+    )
 
 
 def suspend(
@@ -161,11 +189,17 @@ def finish(
     status: str,
     *,
     delivery: str,
+    parent_id: str | None = None,
     result: Any = None,
     error: dict[str, Any] | None = None,
-) -> None:
-    """running -> completed, failed or timed_out; a cancel that came first wins."""
+) -> list[int | None]:
+    """running -> completed, failed or timed_out; a cancel that came first wins.
+
+    Its attached children end with it (cancelled); returns their pending wake-ups.
+    """
     assert status in (COMPLETED, FAILED, TIMED_OUT)
+    if parent_id is not None:
+        store.run(tx, "lock_execution", id=parent_id)
     row = store.run(
         tx,
         "finish",
@@ -179,6 +213,7 @@ def finish(
     )
     if row is None:
         raise _refused(store, tx, run)
+    return _cancel_descendants(store, tx, run.execution_id)
 
 
 def continue_as_new(
@@ -214,13 +249,27 @@ def abandon(store: Store, tx: Transaction, run: RunRef) -> tuple[int, bytes] | N
     return None if row is None else (row[0], row[1])
 
 
-def cancel(store: Store, tx: Transaction, execution_id: str) -> tuple[str, int | None] | None:
-    """Any active status -> cancelled; return (previous status, pending wake message).
+def cancel(store: Store, tx: Transaction, execution_id: str) -> Cancelled | None:
+    """Any active status -> cancelled, with its attached descendants.
 
     None if no execution has this id. A running body is refused at its next write.
     """
+    store.run(tx, "lock_parent_of", id=execution_id)
     row = store.run(tx, "cancel", id=execution_id, sources=_CANCEL)
-    return None if row is None else (row[0], row[1])
+    if row is None:
+        return None
+    previous, wake_message, parent_id = row[0], row[1], row[2]
+    if previous in TERMINAL:
+        return Cancelled(previous, [], parent_id)
+    return Cancelled(
+        previous, [wake_message, *_cancel_descendants(store, tx, execution_id)], parent_id
+    )
+
+
+def _cancel_descendants(store: Store, tx: Transaction, execution_id: str) -> list[int | None]:
+    """Active attached descendants -> cancelled; return their pending wake-ups."""
+    rows = store.run_all(tx, "cancel_descendants", id=execution_id, sources=_CANCEL)
+    return [row[0] for row in rows]
 
 
 def reopen(store: Store, tx: Transaction, execution_id: str) -> Reopened | None:

@@ -1,15 +1,19 @@
 -- Queries of the durable-execution layer. {schema} is bound to the configured schema.
 
 -- name: insert_execution
+-- A child without a timeout of its own inherits its parent's deadline.
 INSERT INTO {schema}.executions
-       (id, actor_name, queue_name, input_hash, input, deadline, resume_message)
+       (id, actor_name, queue_name, input_hash, input, deadline, resume_message,
+        parent_id, parent_step, detached)
 VALUES (%(id)s, %(actor_name)s, %(queue_name)s, %(input_hash)s, %(input)s,
-        statement_timestamp() + %(timeout_s)s * interval '1 second', %(message)s)
+        coalesce(statement_timestamp() + %(timeout_s)s * interval '1 second',
+                 (SELECT deadline FROM {schema}.executions WHERE id = %(parent_id)s)),
+        %(message)s, %(parent_id)s, %(parent_step)s, %(detached)s)
 ON CONFLICT (id) DO NOTHING
 RETURNING id
 
 -- name: execution_identity
-SELECT input_hash, actor_name, status FROM {schema}.executions WHERE id = %(id)s
+SELECT input_hash, actor_name, status, parent_id FROM {schema}.executions WHERE id = %(id)s
 
 -- name: acquire
 -- Takes the execution for a new run and returns its whole journal. The run
@@ -26,6 +30,7 @@ UPDATE {schema}.executions AS e
 RETURNING e.runs,
           e.deadline IS NOT NULL AND e.deadline <= statement_timestamp() AS expired,
           e.generation,
+          e.parent_id,
           (SELECT coalesce(jsonb_agg(jsonb_build_object(
                       'key', s.step_key, 'kind', s.kind, 'fn', s.fn, 'status', s.status,
                       'result', s.result, 'error', s.error, 'attempts', s.attempts,
@@ -200,12 +205,16 @@ WITH renewed AS (
     RETURNING id, generation
 ), cleared AS (
     DELETE FROM {schema}.steps AS s USING renewed WHERE s.execution_id = renewed.id
+), groups_cleared AS (
+    -- A late branch of a group of the last generation finds nothing to join.
+    DELETE FROM {schema}.step_groups AS g USING renewed WHERE g.execution_id = renewed.id
 )
 SELECT generation FROM renewed
 
 -- name: cancel
 WITH target AS (
-    SELECT id, status, wake_message FROM {schema}.executions WHERE id = %(id)s FOR UPDATE
+    SELECT id, status, wake_message, parent_id
+      FROM {schema}.executions WHERE id = %(id)s FOR UPDATE
 ), done AS (
     UPDATE {schema}.executions AS e
        SET status = 'cancelled', waiting_for = NULL, wake_at = NULL, wake_message = NULL,
@@ -214,7 +223,7 @@ WITH target AS (
      WHERE e.id = target.id AND target.status = ANY(%(sources)s)
     RETURNING e.id
 )
-SELECT target.status, target.wake_message,
+SELECT target.status, target.wake_message, target.parent_id,
        (SELECT count(pg_notify(%(channel)s, id)) FROM done
          WHERE EXISTS (SELECT 1 FROM {schema}.listeners WHERE channel = %(channel)s))
   FROM target
@@ -232,7 +241,7 @@ RETURNING id
 
 -- name: get_execution
 SELECT id, actor_name, queue_name, status, input, result, error, deadline, waiting_for,
-       wake_at, runs, generation, created_at, updated_at, finished_at
+       wake_at, runs, generation, created_at, updated_at, finished_at, parent_id, detached
   FROM {schema}.executions WHERE id = %(id)s
 
 -- name: get_steps
@@ -243,7 +252,7 @@ SELECT step_key, kind, name, fn, status, result, error, attempts, started_at, fi
 
 -- name: list_executions
 SELECT id, actor_name, queue_name, status, input, result, error, deadline, waiting_for,
-       wake_at, runs, generation, created_at, updated_at, finished_at
+       wake_at, runs, generation, created_at, updated_at, finished_at, parent_id, detached
   FROM {schema}.executions
  WHERE (%(status)s::text IS NULL OR status = %(status)s)
  ORDER BY created_at DESC
@@ -267,6 +276,13 @@ WITH overdue AS (
     SELECT e.id FROM {schema}.executions AS e
      WHERE e.status = 'pending' AND e.run_owner IS NULL
        AND e.updated_at < now() - %(grace_s)s * interval '1 second'
+    UNION
+    -- Waiting for a group or a child that has ended.
+    SELECT e.id FROM {schema}.executions AS e
+      JOIN {schema}.steps AS s ON s.execution_id = e.id AND s.step_key = e.waiting_for
+     WHERE e.status = 'waiting' AND e.run_owner IS NULL
+       AND e.updated_at < now() - %(grace_s)s * interval '1 second'
+       AND s.kind IN ('group', 'child') AND s.status IN ('completed', 'failed')
     UNION
     SELECT e.id FROM {schema}.events AS ev
       JOIN {schema}.executions AS e ON e.id = ev.execution_id
@@ -320,3 +336,240 @@ WITH gone AS (
     RETURNING 1
 )
 SELECT count(*) FROM gone
+
+-- name: lock_execution
+-- Holds an execution for the rest of the transaction. A child's end and a
+-- cancel lock the parent before the child: one order for every transaction
+-- that touches both, so they never deadlock.
+SELECT id FROM {schema}.executions WHERE id = %(id)s FOR UPDATE
+
+-- name: lock_parent_of
+SELECT p.id FROM {schema}.executions AS p
+ WHERE p.id = (SELECT parent_id FROM {schema}.executions WHERE id = %(id)s)
+   FOR UPDATE
+
+-- name: journal_entry
+-- One journal entry as committed now (a branch or a child may have ended it
+-- since the run loaded its journal).
+SELECT status, result, error FROM {schema}.steps
+ WHERE execution_id = %(id)s AND step_key = %(key)s
+
+-- name: wake_waiting
+-- The parked resuming message of an execution that waits for this entry.
+SELECT wake_message, resume_message FROM {schema}.executions
+ WHERE id = %(id)s AND status = 'waiting' AND waiting_for = %(key)s
+   FOR UPDATE
+
+-- name: child_ended
+-- The parent's journal entry for a child takes the child's outcome.
+WITH child AS (
+    SELECT id, parent_id, parent_step, status, result, error
+      FROM {schema}.executions WHERE id = %(id)s
+)
+UPDATE {schema}.steps AS s
+   SET status = CASE WHEN child.status = 'completed' THEN 'completed' ELSE 'failed' END,
+       result = jsonb_build_object('execution_id', child.id, 'status', child.status,
+                                   'result', child.result),
+       error = child.error, finished_at = statement_timestamp()
+  FROM child
+ WHERE s.execution_id = child.parent_id AND s.step_key = child.parent_step
+   AND s.kind = 'child' AND s.status = 'waiting'
+RETURNING s.execution_id, s.step_key
+
+-- name: cancel_descendants
+-- The attached children of an ended execution, and theirs, are cancelled;
+-- returns their pending wake-ups.
+WITH RECURSIVE tree (id) AS (
+    SELECT id FROM {schema}.executions WHERE parent_id = %(id)s AND NOT detached
+    UNION
+    SELECT e.id FROM {schema}.executions AS e JOIN tree ON e.parent_id = tree.id
+     WHERE NOT e.detached
+), targets AS (
+    SELECT e.id, e.wake_message FROM {schema}.executions AS e
+     WHERE e.id IN (SELECT id FROM tree) AND e.status = ANY(%(sources)s)
+       FOR UPDATE
+), done AS (
+    UPDATE {schema}.executions AS e
+       SET status = 'cancelled', waiting_for = NULL, wake_at = NULL, wake_message = NULL,
+           finished_at = now(), updated_at = now()
+      FROM targets
+     WHERE e.id = targets.id
+    RETURNING e.id, targets.wake_message
+)
+SELECT done.wake_message,
+       (SELECT pg_notify(%(channel)s, done.id)
+         WHERE EXISTS (SELECT 1 FROM {schema}.listeners WHERE channel = %(channel)s))
+  FROM done
+
+-- name: open_group
+-- A group's row and its branches, all still to be sent. Nothing if it exists.
+WITH opened AS (
+    INSERT INTO {schema}.step_groups
+           (execution_id, group_key, mode, size, max_concurrency, open)
+    VALUES (%(id)s, %(key)s, %(mode)s, %(size)s, %(max_concurrency)s, %(size)s)
+    ON CONFLICT DO NOTHING
+    RETURNING execution_id, group_key
+), branches AS (
+    INSERT INTO {schema}.branches (execution_id, group_key, index, name, fn, message)
+    SELECT o.execution_id, o.group_key, b.n - 1, b.name, b.fn, decode(b.message, 'base64')
+      FROM opened AS o,
+           ROWS FROM (jsonb_to_recordset(%(branches)s::jsonb)
+                      AS (name text, fn text, message text)) WITH ORDINALITY
+           AS b (name, fn, message, n)
+)
+SELECT count(*) FROM opened
+
+-- name: reopen_group
+-- A group whose journal entry a retry forgot (its failure failed the
+-- execution): branches that failed or never ran go again; completed ones stay.
+WITH again AS (
+    UPDATE {schema}.branches
+       SET status = 'pending', error = NULL, attempts = 0, finished_at = NULL
+     WHERE execution_id = %(id)s AND group_key = %(key)s
+       AND status IN ('pending', 'queued', 'failed', 'skipped')
+    RETURNING index
+)
+UPDATE {schema}.step_groups
+   SET status = 'running', winner = NULL, in_flight = 0,
+       open = (SELECT count(*) FROM again),
+       next_branch = coalesce((SELECT min(index) FROM again), size)
+ WHERE execution_id = %(id)s AND group_key = %(key)s AND status <> 'running'
+
+-- name: open_group_entry
+-- The parent's journal entry for a group, waiting until the group ends.
+INSERT INTO {schema}.steps (execution_id, step_key, kind, name, fn, status)
+VALUES (%(id)s, %(key)s, 'group', %(name)s, %(fn)s, 'waiting')
+ON CONFLICT (execution_id, step_key) DO NOTHING
+
+-- name: queue_branches
+-- The next branches to send, up to %(count)s, in index order: marked queued,
+-- their messages returned. The group counts them in flight.
+WITH group_row AS (
+    SELECT next_branch FROM {schema}.step_groups
+     WHERE execution_id = %(id)s AND group_key = %(key)s
+), next AS (
+    SELECT b.index FROM {schema}.branches AS b, group_row
+     WHERE b.execution_id = %(id)s AND b.group_key = %(key)s
+       AND b.index >= group_row.next_branch AND b.status = 'pending'
+     ORDER BY b.index
+     LIMIT %(count)s
+), queued AS (
+    UPDATE {schema}.branches AS b
+       SET status = 'queued', queued_at = statement_timestamp()
+      FROM next
+     WHERE b.execution_id = %(id)s AND b.group_key = %(key)s AND b.index = next.index
+    RETURNING b.index, b.message
+), counted AS (
+    UPDATE {schema}.step_groups
+       SET in_flight = in_flight + (SELECT count(*) FROM queued),
+           next_branch = coalesce((SELECT max(index) + 1 FROM queued), next_branch)
+     WHERE execution_id = %(id)s AND group_key = %(key)s
+)
+SELECT index, message FROM queued ORDER BY index
+
+-- name: branch_state
+-- Whether a delivered branch should run: still queued, in a running group of
+-- an execution that has not ended.
+SELECT b.status = 'queued' AND g.status = 'running'
+       AND e.status NOT IN ('completed', 'failed', 'cancelled', 'timed_out'),
+       b.attempts,
+       extract(epoch FROM statement_timestamp() - b.queued_at)::float8
+  FROM {schema}.branches AS b
+  JOIN {schema}.step_groups AS g USING (execution_id, group_key)
+  JOIN {schema}.executions AS e ON e.id = b.execution_id
+ WHERE b.execution_id = %(id)s AND b.group_key = %(key)s AND b.index = %(index)s
+
+-- name: touch_branch
+-- A branch starts (brokers other than broker_pg): the repair of lost branch
+-- messages leaves it alone for a while.
+UPDATE {schema}.branches SET queued_at = statement_timestamp()
+ WHERE execution_id = %(id)s AND group_key = %(key)s AND index = %(index)s
+   AND status = 'queued'
+
+-- name: lock_group
+-- The join counter, held for the rest of the transaction: branches of one
+-- group end one at a time.
+SELECT g.mode, g.status, g.open, g.max_concurrency,
+       e.status NOT IN ('completed', 'failed', 'cancelled', 'timed_out')
+  FROM {schema}.step_groups AS g
+  JOIN {schema}.executions AS e ON e.id = g.execution_id
+ WHERE g.execution_id = %(id)s AND g.group_key = %(key)s
+   FOR UPDATE OF g
+
+-- name: settle_branch
+-- A branch's outcome, once (a duplicate delivery finds it ended and changes
+-- nothing), and the group's counters with it.
+WITH settled AS (
+    UPDATE {schema}.branches
+       SET status = %(status)s, result = %(result)s, error = %(error)s,
+           attempts = %(attempts)s, message = NULL, finished_at = statement_timestamp()
+     WHERE execution_id = %(id)s AND group_key = %(key)s AND index = %(index)s
+       AND status = 'queued'
+    RETURNING index
+), counted AS (
+    UPDATE {schema}.step_groups
+       SET open = open - 1, in_flight = in_flight - 1,
+           status = %(group_status)s, winner = coalesce(winner, %(winner)s)
+     WHERE execution_id = %(id)s AND group_key = %(key)s AND EXISTS (SELECT 1 FROM settled)
+)
+SELECT count(*) FROM settled
+
+-- name: retry_branch
+-- A branch's failed attempt, before it is sent again after a backoff.
+UPDATE {schema}.branches
+   SET attempts = %(attempts)s, error = %(error)s
+ WHERE execution_id = %(id)s AND group_key = %(key)s AND index = %(index)s
+   AND status = 'queued'
+RETURNING index
+
+-- name: end_group
+-- The group's outcome in its parent's journal: every branch in index order,
+-- and the winner of a 'first' group. Branches not sent yet never will be.
+WITH skipped AS (
+    UPDATE {schema}.branches SET status = 'skipped', message = NULL
+     WHERE execution_id = %(id)s AND group_key = %(key)s AND status = 'pending'
+), outcome AS (
+    SELECT jsonb_agg(jsonb_build_object('status', b.status, 'result', b.result,
+                                        'error', b.error) ORDER BY b.index) AS branches
+      FROM {schema}.branches AS b
+     WHERE b.execution_id = %(id)s AND b.group_key = %(key)s
+)
+UPDATE {schema}.steps AS s
+   SET status = %(status)s, error = %(error)s, finished_at = statement_timestamp(),
+       result = jsonb_build_object('branches', outcome.branches, 'winner', %(winner)s::int)
+  FROM outcome
+ WHERE s.execution_id = %(id)s AND s.step_key = %(key)s AND s.status = 'waiting'
+
+-- name: repair_lost_branches
+-- For brokers other than broker_pg: branches sent (or started) longer ago than
+-- the grace, whose group still waits for them, are sent again. A duplicate is
+-- harmless: a branch's outcome is recorded once.
+UPDATE {schema}.branches AS b SET queued_at = statement_timestamp()
+ WHERE (b.execution_id, b.group_key, b.index) IN (
+        SELECT b.execution_id, b.group_key, b.index
+          FROM {schema}.branches AS b
+          JOIN {schema}.step_groups AS g USING (execution_id, group_key)
+          JOIN {schema}.executions AS e ON e.id = b.execution_id
+         WHERE b.status = 'queued'
+           AND b.queued_at < now() - %(grace_s)s * interval '1 second'
+           AND g.status = 'running'
+           AND e.status NOT IN ('completed', 'failed', 'cancelled', 'timed_out')
+         LIMIT 1000)
+RETURNING b.message
+
+-- name: get_groups
+SELECT g.group_key, g.mode, g.status, g.size, g.open, g.max_concurrency, g.winner,
+       coalesce(jsonb_agg(jsonb_build_object('index', b.index, 'name', b.name,
+                                             'status', b.status, 'attempts', b.attempts,
+                                             'error', b.error)
+                          ORDER BY b.index) FILTER (WHERE b.index IS NOT NULL), '[]')
+  FROM {schema}.step_groups AS g
+  LEFT JOIN {schema}.branches AS b USING (execution_id, group_key)
+ WHERE g.execution_id = %(id)s
+ GROUP BY g.group_key, g.mode, g.status, g.size, g.open, g.max_concurrency, g.winner
+ ORDER BY g.group_key
+
+-- name: get_children
+SELECT id, actor_name, status, parent_step, detached, created_at, finished_at
+  FROM {schema}.executions WHERE parent_id = %(id)s
+ ORDER BY created_at, id

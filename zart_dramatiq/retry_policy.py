@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import importlib
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any
 
@@ -10,6 +11,10 @@ import tenacity
 from tenacity import RetryCallState
 
 from .errors import NotAllowedInStep
+
+#: The default condition: any exception may be tried again. One shared instance,
+#: so that a policy still using it can be described (``Retry.to_json``).
+_ANY_EXCEPTION = tenacity.retry_if_exception_type(Exception)
 
 
 @dataclass(frozen=True)
@@ -26,9 +31,12 @@ class Retry:
 
     stop: Any = field(default_factory=lambda: tenacity.stop_after_attempt(3))
     wait: Any = field(default_factory=lambda: tenacity.wait_exponential(multiplier=1, max=60))
-    retry: Any = field(default_factory=lambda: tenacity.retry_if_exception_type(Exception))
+    retry: Any = field(default_factory=lambda: _ANY_EXCEPTION)
     non_retryable: tuple[type[BaseException], ...] = ()
     max_inline_wait: timedelta = timedelta(seconds=1)
+    #: How ``fixed`` or ``exponential`` built it, so that a branch running on
+    #: another worker can rebuild it (``to_json``); None for any other policy.
+    spec: dict[str, Any] | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def fixed(cls, attempts: int, delay: timedelta, **options: Any) -> Retry:
@@ -36,7 +44,7 @@ class Retry:
             stop=tenacity.stop_after_attempt(attempts),
             wait=tenacity.wait_fixed(delay.total_seconds()),
             **options,
-        )
+        )._described("fixed", attempts=attempts, delay=delay.total_seconds())
 
     @classmethod
     def exponential(
@@ -53,7 +61,58 @@ class Retry:
             stop=tenacity.stop_after_attempt(attempts),
             wait=wait_class(multiplier=initial.total_seconds(), max=maximum.total_seconds()),
             **options,
+        )._described(
+            "exponential",
+            attempts=attempts,
+            initial=initial.total_seconds(),
+            maximum=maximum.total_seconds(),
+            jitter=jitter,
         )
+
+    def _described(self, kind: str, **parameters: Any) -> Retry:
+        if self.retry is not _ANY_EXCEPTION:
+            return self  # a custom condition has no description
+        return replace(
+            self,
+            spec={
+                "kind": kind,
+                **parameters,
+                "non_retryable": [_type_name(t) for t in self.non_retryable],
+                "max_inline_wait": self.max_inline_wait.total_seconds(),
+            },
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """The policy as JSON, to rebuild with ``from_json`` on another worker.
+
+        Raises ValueError for a policy built from tenacity strategies directly:
+        only ``Retry.fixed`` and ``Retry.exponential`` can travel.
+        """
+        if self.spec is None:
+            raise ValueError(
+                f"{self!r} cannot be sent to another worker: a branch's retry policy must be "
+                "built with Retry.fixed(...) or Retry.exponential(...) (with non_retryable "
+                "and max_inline_wait as options, and no custom retry condition)"
+            )
+        return self.spec
+
+    @classmethod
+    def from_json(cls, spec: dict[str, Any]) -> Retry:
+        options: dict[str, Any] = {
+            "non_retryable": tuple(_import_type(name) for name in spec["non_retryable"]),
+            "max_inline_wait": timedelta(seconds=spec["max_inline_wait"]),
+        }
+        if spec["kind"] == "fixed":
+            return cls.fixed(spec["attempts"], timedelta(seconds=spec["delay"]), **options)
+        if spec["kind"] == "exponential":
+            return cls.exponential(
+                spec["attempts"],
+                timedelta(seconds=spec["initial"]),
+                maximum=timedelta(seconds=spec["maximum"]),
+                jitter=spec["jitter"],
+                **options,
+            )
+        raise ValueError(f"unknown retry policy {spec['kind']!r}")
 
     def next_wait(self, attempt: int, error: BaseException, elapsed: float) -> float | None:
         """Seconds to wait before attempt ``attempt + 1``, or None to give up."""
@@ -71,5 +130,17 @@ class Retry:
         return float(self.wait(state))
 
 
+def _type_name(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _import_type(name: str) -> type[BaseException]:
+    module, _, qualname = name.rpartition(".")
+    target: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        target = getattr(target, part)
+    return target  # type: ignore[no-any-return]
+
+
 #: Steps without a policy run once; their error is recorded and re-raised.
-NO_RETRY = Retry(stop=tenacity.stop_after_attempt(1))
+NO_RETRY = Retry.fixed(1, timedelta(0))

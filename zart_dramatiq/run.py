@@ -68,6 +68,8 @@ class Run:
     token: int
     #: How many times the execution continued as new before this run.
     generation: int
+    #: The execution that started this one as its child, if any.
+    parent_id: str | None
     delivery: MessageProxy
     store: Store
     transport: Transport

@@ -31,7 +31,9 @@ from broker_pg import DatabaseUnavailable
 
 from . import lifecycle
 from .body_retries import RETRIES, retry_delay_ms
+from .branches import BranchRunner, is_branch
 from .errors import NonDeterminismError, SerializationError
+from .joins import child_ended, discard_wakeups
 from .limits import Limits
 from .run import (
     EXECUTION_ID,
@@ -120,6 +122,7 @@ class Runner:
         self.lease_timeout = lease_timeout
         self.limits = limits
         self.local_runs = LocalRuns()
+        self.branches = BranchRunner(store, transport, limits)
 
     def deliver(
         self,
@@ -129,6 +132,9 @@ class Runner:
         kwargs: dict[str, Any],
     ) -> Any:
         """Run one delivery; return the JSON result to hand to Dramatiq (or None)."""
+        if is_branch(delivery):
+            # Branches of one execution run side by side, anywhere: no run to reserve.
+            return self.branches.deliver(delivery, args, kwargs)
         execution_id = execution_id_of(delivery)
         with self.local_runs.reserve(execution_id) as free:
             try:
@@ -168,6 +174,7 @@ class Runner:
             seq=seq,
             token=acquired.token,
             generation=acquired.generation,
+            parent_id=acquired.parent_id,
             delivery=delivery,
             store=self.store,
             transport=self.transport,
@@ -295,9 +302,18 @@ class Runner:
 
     def _end(self, run: Run, status: str, **outcome: Any) -> None:
         def finish(tx: Transaction) -> None:
-            lifecycle.finish(
-                self.store, tx, run.ref, status, delivery=delivery_id(run.delivery), **outcome
+            children = lifecycle.finish(
+                self.store,
+                tx,
+                run.ref,
+                status,
+                delivery=delivery_id(run.delivery),
+                parent_id=run.parent_id,
+                **outcome,
             )
+            discard_wakeups(self.transport, tx, children)
+            if run.parent_id is not None:
+                child_ended(self.store, self.transport, tx, run.execution_id)
             self.transport.settle(tx, run.delivery)
 
         self._commit(run, finish)

@@ -61,6 +61,25 @@ def load(data: Any, annotation: Any, *, what: str) -> Any:
         raise SerializationError(f"{what} does not match {annotation!r}: {e}") from e
 
 
+def convert_arguments(
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    convert: Callable[..., Any],
+    *,
+    owner: str,
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """``fn``'s arguments passed through ``convert`` (``dump`` or ``load``) by their annotations."""
+    hints = type_hints(fn)
+    names = list(inspect.signature(fn).parameters)
+
+    def one(name: str, value: Any) -> Any:
+        return convert(value, hints.get(name, Any), what=f"argument {name!r} of {owner}")
+
+    converted = tuple(one(name, value) for name, value in zip(names, args, strict=False))
+    return converted + tuple(args[len(names) :]), {k: one(k, v) for k, v in kwargs.items()}
+
+
 def input_hash(args: Any, kwargs: Any) -> str:
     """A stable digest of an execution's input, to tell a retry from a conflict."""
     canonical = json.dumps([args, kwargs], sort_keys=True, separators=(",", ":"), default=str)

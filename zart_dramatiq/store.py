@@ -176,6 +176,10 @@ class Store:
         """Execute ``query`` inside ``tx``; return its first row."""
         return _first(tx.conn.execute(self.queries[query], self._params(params)))
 
+    def run_all(self, tx: Transaction, query: str, **params: Any) -> list[tuple[Any, ...]]:
+        """Execute ``query`` inside ``tx``; return all its rows."""
+        return tx.conn.execute(self.queries[query], self._params(params)).fetchall()
+
     def _params(self, params: dict[str, Any]) -> dict[str, Any]:
         return {**self._common, **_adapt(params)}
 
@@ -210,7 +214,7 @@ def _transient(error: BaseException) -> bool:
 
 
 #: Parameters bound to jsonb columns; a payload of None is JSON null, not SQL NULL.
-_JSON_PARAMS = frozenset({"result", "error", "input"})
+_JSON_PARAMS = frozenset({"result", "error", "input", "branches"})
 
 
 def _adapt(params: dict[str, Any]) -> dict[str, Any]:

@@ -8,7 +8,8 @@ Once a heartbeat, in each worker process:
 * a stopped run of this process that could not release its execution
   releases it now;
 * on brokers other than broker_pg, where a checkpoint and the message that
-  resumes it are two writes, an overdue wake-up is sent again;
+  resumes it are two writes, an overdue wake-up is sent again, and so is a
+  branch message that no worker started within ``repair_after``;
 * executions that ended longer ago than the retention are deleted
   (``retention.ExecutionRetention``: one worker at a time, in batches).
 """
@@ -135,4 +136,14 @@ class Sweeper:
                 "Re-sending the overdue wake-up of execution %s.", message.options.get(EXECUTION_ID)
             )
             self.transport.broker.enqueue(message)
-        return len(rows)
+        branches = self.store.fetchall(
+            "repair_lost_branches", grace_s=self.repair_after.total_seconds()
+        )
+        for (payload,) in branches:
+            message = Message.decode(payload)
+            logger.warning(
+                "Re-sending a branch of execution %s that no worker started.",
+                message.options.get(EXECUTION_ID),
+            )
+            self.transport.broker.enqueue(message)
+        return len(rows) + len(branches)

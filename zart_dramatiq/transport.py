@@ -34,6 +34,11 @@ class Transport:
             tx.after_commit.append(lambda: self._enqueue(message, delay_ms or None))
         return None
 
+    def send_many(self, tx: Transaction, messages: list[Message[Any]]) -> None:
+        """Send ``messages`` now (a group's branches)."""
+        for message in messages:
+            self.send(tx, message, 0)
+
     def wake(self, tx: Transaction, wake_message: int | None, message: Message[Any]) -> None:
         self.declare(message)
         tx.after_commit.append(lambda: self._enqueue(message, None))
@@ -68,6 +73,14 @@ class PostgresTransport(Transport):
         self.declare(message)
         with self.broker.transaction(tx.conn):
             return self.broker.enqueue_parked(message, delay=delay_ms)
+
+    def send_many(self, tx: Transaction, messages: list[Message[Any]]) -> None:
+        # One statement for the lot: a group may send thousands of branches.
+        if messages:
+            self.declare(messages[0])  # a group's branches share their actor's queue
+        with self.broker.transaction(tx.conn), self.broker.batch():
+            for message in messages:
+                self.broker.enqueue(message)
 
     def wake(self, tx: Transaction, wake_message: int | None, message: Message[Any]) -> None:
         if wake_message is not None:

@@ -24,6 +24,7 @@ def take_run(
         seq=0,
         token=acquired.token,
         generation=acquired.generation,
+        parent_id=acquired.parent_id,
         delivery=None if actor is None else MessageProxy(actor.message_with_options(args=(0,))),  # type: ignore[arg-type]
         store=middleware.store,
         transport=middleware.transport,
