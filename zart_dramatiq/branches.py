@@ -12,14 +12,17 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import dramatiq
 from dramatiq import MessageProxy
 from dramatiq.middleware.time_limit import TimeLimitExceeded
+from psycopg.types.json import Jsonb
 
 from broker_pg import DatabaseUnavailable
+from broker_pg.group_commit import GroupCommit
 
 from .errors import StepResultTooLarge
 from .fanout import BRANCH, resolve
@@ -51,13 +54,34 @@ class Outcome:
     retry_in: float | None = None
 
 
+@dataclass(frozen=True)
+class Settlement:
+    """A branch delivery's outcome, to record."""
+
+    delivery: MessageProxy
+    where: dict[str, Any]
+    outcome: Outcome
+
+
 class BranchRunner:
-    """Runs the branch deliveries of one middleware."""
+    """Runs the branch deliveries of one middleware.
+
+    Branches that this process's threads deliver, or finish, at the same moment
+    share one read of their state and one transaction for their outcomes.
+    """
 
     def __init__(self, store: Store, transport: Transport, limits: Limits) -> None:
         self.store = store
         self.transport = transport
         self.limits = limits
+        timeout = store.write_timeout + 10.0
+        then = "its message is handed back and runs again"
+        self._states: GroupCommit[dict[str, Any], tuple[Any, ...]] = GroupCommit(
+            self._read_states, timeout=timeout, what="a branch's state", then=then
+        )
+        self._settlements: GroupCommit[Settlement, None] = GroupCommit(
+            self._record_all, timeout=timeout, what="a branch's outcome", then=then
+        )
 
     def deliver(
         self, delivery: MessageProxy, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -69,15 +93,15 @@ class BranchRunner:
         key, index = spec["group"], int(spec["index"])
         where = {"id": execution_id, "key": key, "index": index}
         try:
-            state = self.store.fetchone("branch_state", **where)
-            if state is None or not state[0]:
+            runnable, attempts, elapsed = self._states.submit(where)
+            if not runnable:
                 # Its group or execution ended, or this is a duplicate: nothing to run.
                 self.store.atomically(lambda tx: self.transport.settle(tx, delivery))
                 return
             if not self.transport.atomic:
                 self.store.write("touch_branch", **where)
-            outcome = self._attempts(spec, args, kwargs, attempts=state[1], elapsed=state[2] or 0.0)
-            self.store.atomically(lambda tx: self._record(tx, delivery, where, outcome))
+            outcome = self._attempts(spec, args, kwargs, attempts=attempts, elapsed=elapsed or 0.0)
+            self._settlements.submit(Settlement(delivery, where, outcome))
         except DatabaseUnavailable as error:
             logger.warning(
                 "Branch %s[%d] of execution %r: could not record its outcome (%s); "
@@ -91,6 +115,20 @@ class BranchRunner:
             raise Abandoned(
                 f"branch {key}[{index}] of execution {execution_id!r}: {error}"
             ) from error
+
+    def _read_states(self, batch: Sequence[dict[str, Any]]) -> list[tuple[Any, ...]]:
+        return self.store.fetchall("branch_states", batch=Jsonb(list(batch)))
+
+    def _record_all(self, batch: Sequence[Settlement]) -> list[None]:
+        # One lock order for every transaction: groups by execution, group and index.
+        ordered = sorted(batch, key=lambda s: (s.where["id"], s.where["key"], s.where["index"]))
+
+        def record(tx: Transaction) -> None:
+            for settlement in ordered:
+                self._record(tx, settlement)
+
+        self.store.atomically(record)
+        return [None] * len(batch)
 
     def _attempts(
         self,
@@ -131,10 +169,9 @@ class BranchRunner:
                 return Outcome("failed", error=error_to_json(too_large), attempts=attempts)
             return Outcome("completed", result=data, attempts=attempts)
 
-    def _record(
-        self, tx: Transaction, delivery: MessageProxy, where: dict[str, Any], outcome: Outcome
-    ) -> None:
-        """The branch's outcome, the join and the ack of its message, in one transaction."""
+    def _record(self, tx: Transaction, settlement: Settlement) -> None:
+        """The branch's outcome, the join and the ack of its message, inside ``tx``."""
+        delivery, where, outcome = settlement.delivery, settlement.where, settlement.outcome
         self.transport.settle(tx, delivery)
         if outcome.status == "retrying":
             if self.store.run(
@@ -146,7 +183,7 @@ class BranchRunner:
         group = self.store.run(tx, "lock_group", **where)
         if group is None:
             return  # the execution continued as new: the group is gone
-        mode, status, open_, window, active = group
+        mode, status, open_, window, next_branch, active = group
         group_status, winner = _after(mode, status, outcome.status, open_ - 1, where["index"])
         settled = self.store.run(
             tx,
@@ -163,13 +200,13 @@ class BranchRunner:
             return  # recorded by another delivery of this branch
         if group_status == "running":
             if window is not None and active:
-                self._send_next(tx, where, count=1)
+                self._send_next(tx, where, start=next_branch, count=1)
         elif status == "running":
             self._end_group(tx, where, group_status, winner, outcome)
 
-    def _send_next(self, tx: Transaction, where: dict[str, Any], count: int) -> None:
+    def _send_next(self, tx: Transaction, where: dict[str, Any], start: int, count: int) -> None:
         queued = self.store.run_all(
-            tx, "queue_branches", id=where["id"], key=where["key"], count=count
+            tx, "queue_branches", id=where["id"], key=where["key"], start=start, count=count
         )
         self.transport.send_many(tx, [dramatiq.Message.decode(payload) for _, payload in queued])
 

@@ -312,12 +312,32 @@ def get_execution(execution_id: str, *, broker: dramatiq.Broker | None = None) -
     if row is None:
         raise UnknownExecution(f"no execution has id {execution_id!r}")
     steps = tuple(StepInfo(*step) for step in store.fetchall("get_steps", id=execution_id))
-    groups = tuple(
-        GroupInfo(*group[:-1], branches=tuple(BranchInfo(**b) for b in group[-1]))
-        for group in store.fetchall("get_groups", id=execution_id)
-    )
+    groups = tuple(_group(*row) for row in store.fetchall("get_groups", id=execution_id))
     children = tuple(ChildInfo(*child) for child in store.fetchall("get_children", id=execution_id))
     return dataclasses.replace(ExecutionInfo(*row), steps=steps, groups=groups, children=children)
+
+
+def _group(
+    key: str,
+    mode: str,
+    status: str,
+    size: int,
+    open: int,
+    max_concurrency: int | None,
+    winner: int | None,
+    branches: list[dict[str, Any]],
+) -> GroupInfo:
+    """A row of get_groups, its branches as one JSON array."""
+    return GroupInfo(
+        key,
+        mode,
+        status,
+        size,
+        open,
+        max_concurrency,
+        winner,
+        tuple(BranchInfo(**branch) for branch in branches),
+    )
 
 
 def list_executions(

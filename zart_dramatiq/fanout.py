@@ -185,7 +185,7 @@ def _open(
         store.run(tx, "reopen_group", id=run.execution_id, key=key)
     store.run(tx, "open_group_entry", id=run.execution_id, key=key, name=name, fn=signature)
     queued = store.run_all(
-        tx, "queue_branches", id=run.execution_id, key=key, count=window or len(calls)
+        tx, "queue_branches", id=run.execution_id, key=key, start=0, count=window or len(calls)
     )
     run.transport.send_many(tx, [dramatiq.Message.decode(payload) for _, payload in queued])
 

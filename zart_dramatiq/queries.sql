@@ -361,7 +361,9 @@ SELECT wake_message, resume_message FROM {schema}.executions
    FOR UPDATE
 
 -- name: child_ended
--- The parent's journal entry for a child takes the child's outcome.
+-- The parent's journal entry for a child takes the child's outcome, if that
+-- entry waits for this child: after a continue_as_new, the same key may wait
+-- for a child of the new generation.
 WITH child AS (
     SELECT id, parent_id, parent_step, status, result, error
       FROM {schema}.executions WHERE id = %(id)s
@@ -373,7 +375,7 @@ UPDATE {schema}.steps AS s
        error = child.error, finished_at = statement_timestamp()
   FROM child
  WHERE s.execution_id = child.parent_id AND s.step_key = child.parent_step
-   AND s.kind = 'child' AND s.status = 'waiting'
+   AND s.kind = 'child' AND s.status = 'waiting' AND s.result ->> 'execution_id' = child.id
 RETURNING s.execution_id, s.step_key
 
 -- name: cancel_descendants
@@ -442,22 +444,21 @@ VALUES (%(id)s, %(key)s, 'group', %(name)s, %(fn)s, 'waiting')
 ON CONFLICT (execution_id, step_key) DO NOTHING
 
 -- name: queue_branches
--- The next branches to send, up to %(count)s, in index order: marked queued,
--- their messages returned. The group counts them in flight.
-WITH group_row AS (
-    SELECT next_branch FROM {schema}.step_groups
-     WHERE execution_id = %(id)s AND group_key = %(key)s
-), next AS (
-    SELECT b.index FROM {schema}.branches AS b, group_row
+-- The next branches to send, up to %(count)s, from index %(start)s on (the
+-- group's next_branch, which no branch below is still to be sent): marked
+-- queued, their messages returned. The group counts them in flight.
+WITH next AS (
+    SELECT b.index FROM {schema}.branches AS b
      WHERE b.execution_id = %(id)s AND b.group_key = %(key)s
-       AND b.index >= group_row.next_branch AND b.status = 'pending'
+       AND b.index >= %(start)s AND b.status = 'pending'
      ORDER BY b.index
      LIMIT %(count)s
 ), queued AS (
+    -- By key: a join would be planned (once, generically) as a scan of the group.
     UPDATE {schema}.branches AS b
        SET status = 'queued', queued_at = statement_timestamp()
-      FROM next
-     WHERE b.execution_id = %(id)s AND b.group_key = %(key)s AND b.index = next.index
+     WHERE b.execution_id = %(id)s AND b.group_key = %(key)s
+       AND b.index >= %(start)s AND b.index = ANY (ARRAY(SELECT index FROM next))
     RETURNING b.index, b.message
 ), counted AS (
     UPDATE {schema}.step_groups
@@ -467,17 +468,26 @@ WITH group_row AS (
 )
 SELECT index, message FROM queued ORDER BY index
 
--- name: branch_state
--- Whether a delivered branch should run: still queued, in a running group of
--- an execution that has not ended.
-SELECT b.status = 'queued' AND g.status = 'running'
-       AND e.status NOT IN ('completed', 'failed', 'cancelled', 'timed_out'),
+-- name: branch_states
+-- Whether each delivered branch should run (still queued, in a running group
+-- of an execution that has not ended), its attempts so far and the seconds
+-- since it was sent; in input order. Branches delivered together ask together.
+WITH asked AS (
+    SELECT *
+      FROM ROWS FROM (jsonb_to_recordset(%(batch)s::jsonb) AS (id text, key text, index int))
+           WITH ORDINALITY AS a (id, key, index, n)
+)
+SELECT coalesce(b.status = 'queued' AND g.status = 'running'
+                AND e.status NOT IN ('completed', 'failed', 'cancelled', 'timed_out'), false),
        b.attempts,
        extract(epoch FROM statement_timestamp() - b.queued_at)::float8
-  FROM {schema}.branches AS b
-  JOIN {schema}.step_groups AS g USING (execution_id, group_key)
-  JOIN {schema}.executions AS e ON e.id = b.execution_id
- WHERE b.execution_id = %(id)s AND b.group_key = %(key)s AND b.index = %(index)s
+  FROM asked AS a
+  LEFT JOIN {schema}.branches AS b
+         ON b.execution_id = a.id AND b.group_key = a.key AND b.index = a.index
+  LEFT JOIN {schema}.step_groups AS g
+         ON g.execution_id = a.id AND g.group_key = a.key
+  LEFT JOIN {schema}.executions AS e ON e.id = a.id
+ ORDER BY a.n
 
 -- name: touch_branch
 -- A branch starts (brokers other than broker_pg): the repair of lost branch
@@ -489,7 +499,7 @@ UPDATE {schema}.branches SET queued_at = statement_timestamp()
 -- name: lock_group
 -- The join counter, held for the rest of the transaction: branches of one
 -- group end one at a time.
-SELECT g.mode, g.status, g.open, g.max_concurrency,
+SELECT g.mode, g.status, g.open, g.max_concurrency, g.next_branch,
        e.status NOT IN ('completed', 'failed', 'cancelled', 'timed_out')
   FROM {schema}.step_groups AS g
   JOIN {schema}.executions AS e ON e.id = g.execution_id
