@@ -161,32 +161,30 @@ def _open(
 ) -> None:
     """Create the group (or set a forgotten one going again) and send its first branches."""
     store = run.store
-    messages = [_message(run, key, index, c) for index, c in enumerate(calls)]
+    branches = [
+        {
+            "name": c.name,
+            "fn": function_name(c.fn),
+            "message": base64.b64encode(_message(run, key, index, c).encode()).decode(),
+        }
+        for index, c in enumerate(calls)
+    ]
+    where = {"id": run.execution_id, "key": key}
     opened = store.run(
         tx,
         "open_group",
-        id=run.execution_id,
-        key=key,
         mode=mode,
         size=len(calls),
         max_concurrency=window,
-        branches=[
-            {
-                "name": c.name,
-                "fn": function_name(c.fn),
-                "message": base64.b64encode(m.encode()).decode(),
-            }
-            for c, m in zip(calls, messages, strict=True)
-        ],
+        branches=branches,
+        **where,
     )
     assert opened is not None
     if not opened[0]:
         # A retry forgot the entry of the group whose failure failed the execution.
-        store.run(tx, "reopen_group", id=run.execution_id, key=key)
-    store.run(tx, "open_group_entry", id=run.execution_id, key=key, name=name, fn=signature)
-    queued = store.run_all(
-        tx, "queue_branches", id=run.execution_id, key=key, start=0, count=window or len(calls)
-    )
+        store.run(tx, "reopen_group", branches=branches, **where)
+    store.run(tx, "open_group_entry", name=name, fn=signature, **where)
+    queued = store.run_all(tx, "queue_branches", start=0, count=window or len(calls), **where)
     run.transport.send_many(tx, [dramatiq.Message.decode(payload) for _, payload in queued])
 
 

@@ -424,12 +424,19 @@ SELECT count(*) FROM opened
 -- name: reopen_group
 -- A group whose journal entry a retry forgot (its failure failed the
 -- execution): branches that failed or never ran go again; completed ones stay.
-WITH again AS (
-    UPDATE {schema}.branches
-       SET status = 'pending', error = NULL, attempts = 0, finished_at = NULL
-     WHERE execution_id = %(id)s AND group_key = %(key)s
-       AND status IN ('pending', 'queued', 'failed', 'skipped')
-    RETURNING index
+-- Their messages (dropped once a branch ended) are given again.
+WITH given AS (
+    SELECT b.n - 1 AS index, decode(b.message, 'base64') AS message
+      FROM ROWS FROM (jsonb_to_recordset(%(branches)s::jsonb) AS (message text))
+           WITH ORDINALITY AS b (message, n)
+), again AS (
+    UPDATE {schema}.branches AS b
+       SET status = 'pending', error = NULL, attempts = 0, finished_at = NULL,
+           message = given.message
+      FROM given
+     WHERE b.execution_id = %(id)s AND b.group_key = %(key)s AND b.index = given.index
+       AND b.status IN ('pending', 'queued', 'failed', 'skipped')
+    RETURNING b.index
 )
 UPDATE {schema}.step_groups
    SET status = 'running', winner = NULL, in_flight = 0,
