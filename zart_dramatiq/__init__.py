@@ -10,6 +10,7 @@ runs. ``zart.continue_as_new`` lets a long loop start afresh.
 worker and join them in SQL; ``zart.start_child`` starts a child execution.
 """
 
+from . import aio
 from .actor import DurableActor, durable
 from .children import ChildHandle, start_child
 from .client import (
@@ -38,6 +39,7 @@ from .errors import (
     LimitExceeded,
     NonDeterminismError,
     NotAllowedInStep,
+    NotAllowedOnEventLoop,
     NotInExecution,
     PayloadTooLarge,
     ResultTimeout,
@@ -53,6 +55,7 @@ from .limits import Limits
 from .middleware import DurableMiddleware
 from .retry_policy import Retry
 from .steps import step
+from .transactional import transactional_step
 from .values import capture, now, uuid
 from .waits import sleep, sleep_until, wait_for_event
 
@@ -77,6 +80,7 @@ __all__ = [
     "Limits",
     "NonDeterminismError",
     "NotAllowedInStep",
+    "NotAllowedOnEventLoop",
     "NotInExecution",
     "PayloadTooLarge",
     "ResultTimeout",
@@ -87,6 +91,7 @@ __all__ = [
     "StepResultTooLarge",
     "UnknownExecution",
     "ZartError",
+    "aio",
     "call",
     "cancel",
     "capture",
@@ -107,6 +112,7 @@ __all__ = [
     "start",
     "start_child",
     "step",
+    "transactional_step",
     "uuid",
     "wait_for_event",
 ]

@@ -10,6 +10,7 @@ execution did, does not run.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 from collections.abc import Sequence
@@ -18,6 +19,7 @@ from typing import Any
 
 import dramatiq
 from dramatiq import MessageProxy
+from dramatiq.asyncio import async_to_sync
 from dramatiq.middleware.time_limit import TimeLimitExceeded
 from psycopg.types.json import Jsonb
 
@@ -144,6 +146,8 @@ class BranchRunner:
         first_started = time.monotonic() - elapsed
         try:
             fn = resolve(spec["fn"])
+            # An async def branch runs on the AsyncIO middleware's loop, as async actors do.
+            call = async_to_sync(fn) if inspect.iscoroutinefunction(fn) else fn
             args, kwargs = convert_arguments(fn, args, kwargs, load, owner=spec["fn"])
         except Exception as error:
             return Outcome("failed", error=error_to_json(error), attempts=attempts + 1)
@@ -151,7 +155,7 @@ class BranchRunner:
         while True:
             attempts += 1
             try:
-                value = fn(*args, **kwargs)
+                value = call(*args, **kwargs)
                 data = dump(value, annotation, what=f"branch {spec['fn']}")
             except (Exception, TimeLimitExceeded) as error:
                 wait = policy.next_wait(attempts, error, time.monotonic() - first_started)

@@ -28,7 +28,7 @@ class ExecutionContext:
 
 def context() -> ExecutionContext:
     """The execution this durable body runs; NotInExecution outside one."""
-    run = current_run()
+    run = current_run(blocking=False)  # reads no database: fine on an event loop
     return ExecutionContext(
         execution_id=run.execution_id,
         actor=run.delivery.actor_name,

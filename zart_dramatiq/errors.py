@@ -59,6 +59,10 @@ class ResultTimeout(ZartError, TimeoutError):
     """``handle.result(timeout=)`` ran out of time before the execution ended."""
 
 
+class NotAllowedOnEventLoop(ZartError):
+    """A zart call that waits for PostgreSQL was made on an event loop: await its zart.aio form."""
+
+
 class NotAllowedInStep(ZartError):
     """A call that ends the run (``zart.continue_as_new``) was made inside a step's function."""
 

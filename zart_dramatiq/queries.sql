@@ -16,11 +16,11 @@ RETURNING id
 SELECT input_hash, actor_name, status, parent_id FROM {schema}.executions WHERE id = %(id)s
 
 -- name: acquire
--- Takes the execution for a new run and returns its whole journal. The run
--- counter it bumps is the run's fencing token: every later write of the run
--- names it and is refused once another run has taken over. A run held by a
--- worker whose row is gone (presumed lost) may be taken over; one held by
--- this worker is taken only when the caller knows no run of it is active here.
+-- Takes the execution for a new run. The run counter it bumps is the run's
+-- fencing token: every later write of the run names it and is refused once
+-- another run has taken over. A run held by a worker whose row is gone
+-- (presumed lost) may be taken over; one held by this worker is taken only
+-- when the caller knows no run of it is active here.
 UPDATE {schema}.executions AS e
    SET status = 'running', run_owner = %(worker_id)s, runs = e.runs + 1, updated_at = now(),
        waiting_for = NULL, wake_message = NULL
@@ -30,14 +30,19 @@ UPDATE {schema}.executions AS e
 RETURNING e.runs,
           e.deadline IS NOT NULL AND e.deadline <= statement_timestamp() AS expired,
           e.generation,
-          e.parent_id,
-          (SELECT coalesce(jsonb_agg(jsonb_build_object(
-                      'key', s.step_key, 'kind', s.kind, 'fn', s.fn, 'status', s.status,
-                      'result', s.result, 'error', s.error, 'attempts', s.attempts,
-                      'elapsed_s', extract(epoch FROM statement_timestamp() - s.started_at),
-                      'due', s.wake_at IS NOT NULL AND s.wake_at <= statement_timestamp())),
-                  '[]'::jsonb)
-             FROM {schema}.steps AS s WHERE s.execution_id = e.id) AS journal
+          e.parent_id
+
+-- name: journal
+-- The whole journal of the run that acquire just started, read by a statement
+-- of its own: acquire may have waited for the lock of a run that recorded a
+-- step as it committed, and a subquery of acquire would read from before that.
+SELECT coalesce(jsonb_agg(jsonb_build_object(
+           'key', s.step_key, 'kind', s.kind, 'fn', s.fn, 'status', s.status,
+           'result', s.result, 'error', s.error, 'attempts', s.attempts,
+           'elapsed_s', extract(epoch FROM statement_timestamp() - s.started_at),
+           'due', s.wake_at IS NOT NULL AND s.wake_at <= statement_timestamp())),
+       '[]'::jsonb)
+  FROM {schema}.steps AS s WHERE s.execution_id = %(id)s
 
 -- name: delivery_outcome
 -- Why acquire refused: the execution as a delivery sees it.
@@ -590,3 +595,19 @@ SELECT g.group_key, g.mode, g.status, g.size, g.open, g.max_concurrency, g.winne
 SELECT id, actor_name, status, parent_step, detached, created_at, finished_at
   FROM {schema}.executions WHERE parent_id = %(id)s
  ORDER BY created_at, id
+
+-- Transactional steps (zart.transactional_step) run the user's SQL planned as
+-- any session of the server would plan it.
+
+-- name: plan_normally
+-- Until the transaction ends (or plan_as_before), statements are planned as in
+-- any session of this server, not as our sessions plan theirs (one generic plan,
+-- sequential scans off: broker_pg.database.configure_session). Returns the
+-- settings replaced; pg_settings is read whole before any set_config runs.
+SELECT name, setting, set_config(name, reset_val, true)
+  FROM pg_settings
+ WHERE name IN ('plan_cache_mode', 'enable_seqscan')
+
+-- name: plan_as_before
+SELECT set_config('plan_cache_mode', %(plan_cache_mode)s, true),
+       set_config('enable_seqscan', %(enable_seqscan)s, true)

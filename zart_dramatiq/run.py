@@ -10,6 +10,7 @@ write.
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections import Counter
@@ -25,7 +26,7 @@ from dramatiq import MessageProxy
 
 from . import lifecycle
 from .body_retries import RETRIES
-from .errors import JournalTooLarge, NotInExecution
+from .errors import JournalTooLarge, NotAllowedOnEventLoop, NotInExecution
 from .lifecycle import RunRef
 from .limits import DEFAULT_LIMITS, Limits
 from .signals import ContinuedAsNew, DeadlinePassed, Refused, Suspended
@@ -273,15 +274,38 @@ def end_quietly(delivery: MessageProxy) -> None:
     delivery.zart_paused = True  # type: ignore[attr-defined]
 
 
-def current_run() -> Run:
-    """The run of the durable body executing in this context."""
+def current_run(*, blocking: bool = True) -> Run:
+    """The run of the durable body executing in this context.
+
+    ``blocking``: the caller waits for the database, so it is refused on a
+    running event loop (an async body), which it would hold up, and with it
+    every async actor of the process.
+    """
     run = _current.get()
     if run is None:
         raise NotInExecution(
             "zart.step, zart.sleep and zart.wait_for_event can only be called from the "
             "body of a durable actor (decorate it with @zart.durable) while a worker runs it."
         )
+    if blocking and _on_event_loop():
+        # Running the body again cannot fix its code: the execution fails at once.
+        raise run.final(
+            NotAllowedOnEventLoop(
+                "this zart call waits for PostgreSQL: in an async durable body it would block "
+                "the event loop, and every async actor of the process with it. Await its "
+                "zart.aio form instead, e.g. `await zart.aio.step(...)` for zart.step(...) "
+                "(zart.context() and zart.call() stay as they are)."
+            )
+        )
     return run
+
+
+def _on_event_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 def in_execution() -> bool:

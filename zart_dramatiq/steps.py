@@ -27,21 +27,14 @@ def run_step(
     """Return ``fn``'s recorded result, or run it, checkpoint it and return it."""
     run = current_run()
     key = run.key("step", name)
-    fn_name = _qualified_name(fn)
-    annotation = _return_annotation(fn)
+    fn_name = qualified_name(fn)
+    annotation = return_annotation(fn)
     recorded = run.journal.get(key)
     if recorded is None:
         return _attempt(run, key, name, fn, fn_name, annotation, args, kwargs, retry, 0, 0.0)
-    if recorded["fn"] != fn_name:
-        raise run.final(
-            NonDeterminismError(
-                f"step {name!r} ({key}) was recorded as a call of {recorded['fn']} but now "
-                f"calls {fn_name}: the workflow's code changed under a running execution, "
-                "or code outside steps is not deterministic."
-            )
-        )
+    check_same_fn(run, key, name, recorded, fn_name)
     if recorded["status"] in ("completed", "failed"):
-        return _recorded_outcome(run, name, recorded, annotation)
+        return recorded_outcome(run, name, recorded, annotation)
     # Retrying after a durable backoff: the policy counts from the first attempt.
     return _attempt(
         run,
@@ -58,7 +51,19 @@ def run_step(
     )
 
 
-def _recorded_outcome(run: Run, name: str, recorded: dict[str, Any], annotation: Any) -> Any:
+def check_same_fn(run: Run, key: str, name: str, recorded: dict[str, Any], fn_name: str) -> None:
+    """Raise NonDeterminismError if step ``key`` was recorded as a call of another function."""
+    if recorded["fn"] != fn_name:
+        raise run.final(
+            NonDeterminismError(
+                f"step {name!r} ({key}) was recorded as a call of {recorded['fn']} but now "
+                f"calls {fn_name}: the workflow's code changed under a running execution, "
+                "or code outside steps is not deterministic."
+            )
+        )
+
+
+def recorded_outcome(run: Run, name: str, recorded: dict[str, Any], annotation: Any) -> Any:
     """A recorded step's result, or its recorded error raised again."""
     if recorded["status"] == "failed":
         raise run.final(error_from_json(recorded["error"], step=name))
@@ -113,7 +118,7 @@ def _attempt(
         if recorded.status == "completed" and recorded.result == data:
             return value
         # Another run recorded this step first: its outcome is the one that counts.
-        return _recorded_outcome(run, name, asdict(recorded), annotation)
+        return recorded_outcome(run, name, asdict(recorded), annotation)
 
 
 def _fail(
@@ -143,7 +148,7 @@ def _fail(
     )
     if recorded.status == "failed" and recorded.error == failure:
         raise run.final(error)
-    return _recorded_outcome(run, name, asdict(recorded), annotation)
+    return recorded_outcome(run, name, asdict(recorded), annotation)
 
 
 def _pause_for_retry(
@@ -215,10 +220,10 @@ def _decorate(fn: F, name: str | None, retry: Retry | None) -> F:
     return typing.cast(F, wrapper)
 
 
-def _qualified_name(fn: Callable[..., Any]) -> str:
+def qualified_name(fn: Callable[..., Any]) -> str:
     target = inspect.unwrap(fn)
     return f"{getattr(target, '__module__', '?')}.{getattr(target, '__qualname__', repr(target))}"
 
 
-def _return_annotation(fn: Callable[..., Any]) -> Any:
+def return_annotation(fn: Callable[..., Any]) -> Any:
     return type_hints(fn).get("return", Any)

@@ -189,21 +189,21 @@ class Store:
             # Most calls succeed at once: tenacity's bookkeeping is for the rest.
             return fn(*args, **kwargs)
         except Exception as error:
-            if not _transient(error):
+            if not transient(error):
                 raise
             logger.warning("Durable write failed (%s); trying again.", error)
         return self._retrying()(fn, *args, **kwargs)
 
     def _retrying(self) -> tenacity.Retrying:
         return tenacity.Retrying(
-            retry=tenacity.retry_if_exception(_transient),
+            retry=tenacity.retry_if_exception(transient),
             stop=tenacity.stop_after_delay(self.write_timeout),
             wait=tenacity.wait_exponential(multiplier=0.05, max=0.5),
             reraise=True,
         )
 
 
-def _transient(error: BaseException) -> bool:
+def transient(error: BaseException) -> bool:
     """Worth trying again: the server is away, or the transaction lost a race."""
     if isinstance(error, CommitUnknown):
         return False

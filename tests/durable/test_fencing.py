@@ -8,6 +8,7 @@ import threading
 import uuid
 from datetime import timedelta
 
+import psycopg
 import pytest
 import tenacity
 from psycopg import sql
@@ -306,3 +307,51 @@ def test_an_event_without_payload_is_json_null(broker, worker) -> None:
     handle = zart.start(flow)
     assert zart.send_event(handle.execution_id, "ping", None)
     assert handle.result(timeout=15) == {"payload": None}
+
+
+def test_a_takeover_that_waited_for_a_commit_reads_the_step_it_committed(
+    broker, database_url, db, schema
+) -> None:
+    @zart.durable
+    def flow() -> str:
+        return "never run here"
+
+    zart.start(flow, execution_id="raced")
+    stale = take_run(broker, "raced", uuid.uuid4())  # its worker is presumed lost
+    store = middleware_for(broker).store
+    taken: dict[str, lifecycle.Acquired | None] = {}
+    with psycopg.connect(database_url) as conn:
+        # The stale run commits a step while holding its execution (as an event wait,
+        # a group or a transactional step does)...
+        with conn.transaction():
+            conn.execute(
+                sql.SQL("SELECT 1 FROM {}.executions WHERE id = 'raced' FOR UPDATE").format(
+                    sql.Identifier(schema)
+                )
+            )
+            conn.execute(
+                sql.SQL(
+                    "INSERT INTO {}.steps (execution_id, step_key, kind, name, status, result) "
+                    "VALUES ('raced', 'step:x', 'step', 'x', 'completed', '1')"
+                ).format(sql.Identifier(schema))
+            )
+            # ... while a takeover waits for that lock.
+            takeover = threading.Thread(
+                target=lambda: taken.update(
+                    run=lifecycle.acquire(store, "raced", 0, broker.worker_id)
+                )
+            )
+            takeover.start()
+            wait_until(
+                lambda: scalar(
+                    db,
+                    schema,
+                    "SELECT count(*) FROM pg_stat_activity "
+                    "WHERE wait_event_type = 'Lock' AND datname = current_database()",
+                ),
+                message="the takeover to wait for the execution's lock",
+            )
+        takeover.join(timeout=30)
+    acquired = taken["run"]
+    assert acquired is not None and acquired.token == stale.token + 1
+    assert [entry["key"] for entry in acquired.journal] == ["step:x"]
