@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from datetime import date, timedelta
 
 import pytest
+import tenacity
 
 import zart_dramatiq as zart
 from tests.support import Effects
@@ -254,3 +255,40 @@ def fails_while_flagged(x: int) -> int:
     if x == 3 and ITEM_3_FAILS.is_set():
         raise ValueError("item 3 is bad")
     return x
+
+
+def test_a_branch_function_another_worker_cannot_import_is_refused() -> None:
+    def local(x: int) -> int:
+        return x
+
+    for fn in (lambda x: x, local):
+        with pytest.raises(TypeError, match="module level"):
+            zart.call("b", fn, 1)
+
+
+def test_a_retry_policy_that_cannot_travel_is_refused() -> None:
+
+    custom = zart.Retry(stop=tenacity.stop_after_attempt(2))
+    with pytest.raises(ValueError, match=r"Retry\.fixed"):
+        zart.call("b", double, 1, retry=custom)
+    # One built by Retry.fixed travels, and comes back the same.
+    policy = zart.Retry.fixed(3, timedelta(seconds=2), non_retryable=(KeyError,))
+    assert zart.Retry.from_json(policy.to_json()).to_json() == policy.to_json()
+
+
+def test_two_branches_with_one_name_fail_the_execution_writing_nothing(
+    broker, worker, db, schema
+) -> None:
+    @zart.durable
+    def flow() -> list[int]:
+        return zart.parallel(zart.call("same", double, 1), zart.call("same", double, 2))  # type: ignore[no-any-return]
+
+    handle = zart.start(flow)
+    with pytest.raises(zart.ExecutionFailed) as failed:
+        handle.result(timeout=20)
+    assert (
+        failed.value.error is not None
+        and "two branches named 'same'" in failed.value.error["message"]
+    )
+    assert db.execute(f'SELECT count(*) FROM "{schema}".step_groups').fetchone() == (0,)
+    assert EFFECTS["double:1"] == 0

@@ -16,12 +16,14 @@ import socket
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
+from typing import Any
 
 import dramatiq
 import pytest
 from dramatiq import Worker
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.brokers.redis import RedisBroker
+from dramatiq.middleware import SkipMessage
 
 import zart_dramatiq as zart
 from broker_pg import PostgresBroker, migrate
@@ -189,3 +191,56 @@ def test_a_running_server_passes(monkeypatch: pytest.MonkeyPatch) -> None:
         listening.bind(("127.0.0.1", 0))
         listening.listen()
         require_server("Test", "127.0.0.1", listening.getsockname()[1], "n/a")
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+def test_parallel_and_map_on_another_broker(other_broker) -> None:
+    queue = f"q{uuid.uuid4().hex[:8]}"
+
+    @zart.durable(broker=other_broker, queue_name=queue)
+    def flow() -> list[int]:
+        pair = zart.parallel(zart.call("a", square, 2), zart.call("b", square, 3))
+        return pair + zart.map("squares", square, range(6), max_concurrency=2)
+
+    worker = Worker(other_broker, worker_timeout=100, worker_threads=4)
+    worker.start()
+    try:
+        assert zart.start(flow).result(timeout=30) == [4, 9, 0, 1, 4, 9, 16, 25]
+    finally:
+        worker.stop()
+
+
+class LoseFirstBranchDeliveries(dramatiq.Middleware):
+    """Skips (and so acks) the first delivery of each branch: a message lost in transit."""
+
+    def __init__(self) -> None:
+        self.lost: set[str] = set()
+
+    def before_process_message(self, broker: dramatiq.Broker, message: Any) -> None:
+        branch = message.options.get("zart_branch")
+        if branch is not None and f"{branch['group']}/{branch['index']}" not in self.lost:
+            self.lost.add(f"{branch['group']}/{branch['index']}")
+            raise SkipMessage("lost in transit")
+
+
+def test_lost_branch_messages_are_sent_again(other_broker) -> None:
+    """Elsewhere than broker_pg a branch's message is sent after the commit: a crash
+    in between loses it, and the sweeper sends it again once it is overdue."""
+    queue = f"q{uuid.uuid4().hex[:8]}"
+    losing = LoseFirstBranchDeliveries()
+    other_broker.add_middleware(losing)
+
+    @zart.durable(broker=other_broker, queue_name=queue)
+    def flow() -> list[int]:
+        return zart.parallel(zart.call("a", square, 2), zart.call("b", square, 3))  # type: ignore[no-any-return]
+
+    worker = Worker(other_broker, worker_timeout=100, worker_threads=4)
+    worker.start()
+    try:
+        assert zart.start(flow).result(timeout=30) == [4, 9]
+        assert losing.lost == {"group:parallel/0", "group:parallel/1"}
+    finally:
+        worker.stop()
