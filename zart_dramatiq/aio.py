@@ -32,7 +32,7 @@ from . import children, fanout, generations, steps, transactional, values, waits
 from .actor import DurableActor
 from .fanout import Call, Mode, call
 from .retry_policy import Retry
-from .run import _current
+from .run import active_run
 
 __all__ = [
     "ChildHandle",
@@ -213,7 +213,7 @@ _locks: weakref.WeakValueDictionary[tuple[str, int], asyncio.Lock] = weakref.Wea
 async def _off_loop(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
     """``fn(*args, **kwargs)`` in a helper thread, in this context, when the body's turn comes."""
     loop = asyncio.get_running_loop()
-    run = _current.get()
+    run = active_run()
     if run is None or _in_call.get():
         # Outside a body, the call raises NotInExecution, as it would on its own.
         return await _in_helper_thread(loop, fn, args, kwargs)

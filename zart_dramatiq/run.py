@@ -313,6 +313,11 @@ def in_execution() -> bool:
     return _current.get() is not None
 
 
+def active_run() -> Run | None:
+    """The run of the durable body executing in this context, if any."""
+    return _current.get()
+
+
 def activate(run: Run | None) -> Any:
     return _current.set(run)
 
