@@ -10,12 +10,13 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import dramatiq
+import psycopg
 import pytest
 from dramatiq import Worker
 
 import zart_dramatiq as zart
 from broker_pg import PostgresBroker
-from tests.support import Cli, wait_until
+from tests.support import Cli, rows, wait_until
 from zart_dramatiq.cli import build_parser, main
 
 
@@ -442,3 +443,205 @@ def test_unusable_settings_fail_with_one_line(
         "--url", "postgresql://postgres@127.0.0.1:1/none", "queues"
     )
     assert "Invalid schema name" in fails("--url", database_url, "--schema", "bad-name", "queues")
+
+
+# --- Composition: children, parallel groups and maps ------------------------------------------
+
+
+def cli_double(x: int) -> int:
+    """A branch function: module-level, since a branch imports its function by name."""
+    return 2 * x
+
+
+def cli_reject(x: int) -> int:
+    raise ValueError(f"rejected {x}")
+
+
+def _section(text: str, first_line: str) -> list[str]:
+    """The lines of the blank-line-separated section of ``text`` that starts with ``first_line``."""
+    [section] = [p for p in text.split("\n\n") if p.startswith(first_line)]
+    return section.splitlines()
+
+
+def test_executions_show_a_parent_its_group_and_its_children(
+    cli: Cli, broker: PostgresBroker, start_worker: Callable[..., Worker]
+) -> None:
+    @zart.durable
+    @dramatiq.actor(broker=broker, queue_name="composed", max_retries=0)
+    def part(n: int) -> int:
+        return n + 1
+
+    @zart.durable
+    @dramatiq.actor(broker=broker, queue_name="composed", max_retries=0)
+    def lingers() -> None:
+        zart.wait_for_event("go")
+
+    @zart.durable
+    @dramatiq.actor(broker=broker, queue_name="composed", max_retries=0)
+    def composed(n: int) -> list[Any]:
+        doubled, rejected = zart.parallel(
+            zart.call("double", cli_double, n),
+            zart.call("reject", cli_reject, n),
+            mode="settled",
+            name="both",
+        )
+        child = zart.start_child(part, n).result()
+        zart.start_child(lingers, detached=True)
+        return [doubled, str(rejected), child]
+
+    start_worker(broker)
+    zart.start(composed, 4, execution_id="composed")
+    assert cli.json("executions", "wait", "composed", "--timeout", "30s") == [8, "rejected 4", 5]
+    wait_until(
+        lambda: _status(cli, "composed/child:lingers") == "waiting",
+        timeout=20,
+        message="the detached child's wait",
+    )
+
+    shown = cli.json("executions", "show", "composed")
+    assert (shown["parent_id"], shown["detached"]) == (None, False)
+    [group] = shown["groups"]
+    assert {k: group[k] for k in ("key", "mode", "status", "size", "open", "winner")} == {
+        "key": "group:both",
+        "mode": "settled",
+        "status": "completed",
+        "size": 2,
+        "open": 0,
+        "winner": None,
+    }
+    assert [
+        (b["index"], b["name"], b["status"], b["attempts"], (b["error"] or {}).get("type"))
+        for b in group["branches"]
+    ] == [(0, "double", "completed", 1, None), (1, "reject", "failed", 1, "builtins.ValueError")]
+    children = [
+        (c["id"], c["actor_name"], c["status"], c["detached"], c["step_key"])
+        for c in shown["children"]
+    ]
+    assert children == [
+        ("composed/child:part", "part", "completed", False, "child:part"),
+        ("composed/child:lingers", "lingers", "waiting", True, "child:lingers"),
+    ]
+
+    text = cli.ok("executions", "show", "composed")
+    assert "parent" not in text.split("\n\n")[0]
+    lines = _section(text, "group group:both")
+    assert lines[0] == "group group:both (settled): completed; 2 branches, 0 open"
+    assert lines[1].split() == ["BRANCH", "NAME", "STATUS", "ATTEMPTS", "ERROR"]
+    assert lines[2].split() == ["0", "double", "completed", "1", "-"]
+    assert lines[3].split()[:4] == ["1", "reject", "failed", "1"]
+    assert lines[3].endswith("builtins.ValueError: rejected 4")
+    lines = _section(text, "2 children:")
+    assert lines[1].split() == ["CHILD", "ACTOR", "STATUS", "DETACHED", "STEP"]
+    assert lines[2].split() == ["composed/child:part", "part", "completed", "no", "child:part"]
+    assert lines[3].split() == [
+        "composed/child:lingers",
+        "lingers",
+        "waiting",
+        "yes",
+        "child:lingers",
+    ]
+    # The inbox stays the last section.
+    assert text.rstrip().endswith("(no events)")
+
+    child = cli.json("executions", "show", "composed/child:part")
+    assert (child["parent_id"], child["detached"], child["children"]) == ("composed", False, [])
+    assert _field(cli.ok("executions", "show", "composed/child:part"), "parent") == "composed"
+    detached = cli.ok("executions", "show", "composed/child:lingers")
+    assert _field(detached, "parent") == "composed (detached)"
+
+    # The listing names each child's parent; its JSON leaves groups and children to `show`.
+    table = cli.ok("executions", "list").splitlines()
+    assert table[0].split()[-1] == "PARENT"
+    parents = {line.split()[0]: line.split()[-1] for line in table[1:]}
+    assert parents["composed/child:part"] == parents["composed/child:lingers"] == "composed"
+    assert parents["composed"] == "-"
+    listed = {e["id"]: e for e in cli.json("executions", "list")}
+    assert listed["composed/child:lingers"]["parent_id"] == "composed"
+    assert listed["composed/child:lingers"]["detached"] is True
+    assert not {"steps", "groups", "children"} & set(listed["composed"])
+
+
+def test_executions_show_summarises_a_group_of_ten_thousand_branches(
+    cli: Cli, broker: PostgresBroker, db: psycopg.Connection, schema: str
+) -> None:
+    @zart.durable
+    @dramatiq.actor(broker=broker, queue_name="big")
+    def big() -> None: ...
+
+    # No worker: the execution stays pending, with a map as a worker would leave it
+    # halfway: 8,970 items completed, 30 failed, 50 in flight and 950 still to send.
+    execution_id = zart.start(big).execution_id
+    rows(
+        db,
+        schema,
+        """
+        WITH g AS (
+            INSERT INTO {s}.step_groups
+                   (execution_id, group_key, mode, size, max_concurrency, open, in_flight,
+                    next_branch)
+            VALUES (%s, 'group:items', 'settled', 10000, 50, 1000, 50, 9050)
+        )
+        INSERT INTO {s}.branches (execution_id, group_key, index, name, fn, status, attempts,
+                                  error)
+        SELECT %s, 'group:items', i, 'items[' || i || ']', 'tests.test_cli:cli_double',
+               CASE WHEN i < 8970 THEN 'completed' WHEN i < 9000 THEN 'failed'
+                    WHEN i < 9050 THEN 'queued' ELSE 'pending' END,
+               CASE WHEN i < 9050 THEN 1 ELSE 0 END,
+               CASE WHEN i >= 8970 AND i < 9000
+                    THEN jsonb_build_object('type', 'builtins.ValueError',
+                                            'message', 'bad item ' || i) END
+          FROM generate_series(0, 9999) AS i
+        RETURNING 1
+        """,
+        execution_id,
+        execution_id,
+    )
+
+    text = cli.ok("executions", "show", execution_id)
+    lines = _section(text, "group group:items")
+    assert lines[0] == (
+        "group group:items (settled): running; 10000 branches, 1000 open, at most 50 at once"
+    )
+    assert lines[1] == (
+        "10000 branches: 950 pending, 50 queued, 8970 completed, 30 failed; "
+        "the first 20 of the 80 failed or running:"
+    )
+    assert lines[2].split() == ["BRANCH", "NAME", "STATUS", "ATTEMPTS", "ERROR"]
+    listed = [line.split()[:3] for line in lines[3:]]
+    assert listed == [[str(i), f"items[{i}]", "failed"] for i in range(8970, 8990)]
+    assert lines[3].endswith("builtins.ValueError: bad item 8970")
+    assert len(text.splitlines()) < 60
+
+    # JSON has every branch.
+    [group] = cli.json("executions", "show", execution_id)["groups"]
+    assert len(group["branches"]) == 10000
+    assert group["branches"][9049]["status"] == "queued"
+    # No execution listed is a child: no parent column.
+    assert "PARENT" not in cli.ok("executions", "list").splitlines()[0]
+
+    # Past 20 children, counts by status and those that did not complete.
+    rows(
+        db,
+        schema,
+        """
+        INSERT INTO {s}.executions
+               (id, actor_name, queue_name, status, input_hash, input, resume_message,
+                parent_id, parent_step, detached)
+        SELECT %s || '/child:part#' || i, 'part', 'big',
+               CASE WHEN i <= 22 THEN 'completed' WHEN i = 23 THEN 'failed' ELSE 'waiting' END,
+               '', '{{}}', '', %s, 'child:part#' || i, i = 25
+          FROM generate_series(1, 25) AS i
+        RETURNING 1
+        """,
+        execution_id,
+        execution_id,
+    )
+    text = cli.ok("executions", "show", execution_id)
+    lines = _section(text, "25 children")
+    assert lines[0] == "25 children: 2 waiting, 22 completed, 1 failed; the 3 not completed:"
+    assert [line.split()[2:4] for line in lines[2:]] == [
+        ["failed", "no"],
+        ["waiting", "no"],
+        ["waiting", "yes"],
+    ]
+    assert len(cli.json("executions", "show", execution_id)["children"]) == 25

@@ -1,4 +1,5 @@
-"""The examples run as documented: the README demo, onboarding, and a CLI-driven approval."""
+"""The examples run as documented: the README demo, onboarding, a CLI-driven approval,
+and the monthly report's fan-out."""
 
 from __future__ import annotations
 
@@ -7,9 +8,12 @@ import os
 import subprocess
 import sys
 import uuid
+from decimal import Decimal
 from pathlib import Path
 
-from tests.support import ROOT, Cli, Processes, wait_until
+import psycopg
+
+from tests.support import ROOT, Cli, Processes, rows, wait_until
 
 #: The console script installed with the package, next to this interpreter.
 ZART_DRAMATIQ = str(Path(sys.executable).with_name("zart-dramatiq"))
@@ -126,6 +130,68 @@ def test_approval_waits_for_a_decision_sent_with_the_cli(
     )
     assert shown.returncode == 0, shown.stderr
     assert "status       completed" in shown.stdout
+    assert_no_discarded_result_warning(processes)
+
+
+def test_monthly_report_fans_out_and_records_the_report_once(
+    database_url: str, schema: str, processes: Processes, cli: Cli, db: psycopg.Connection
+) -> None:
+    processes.dramatiq_worker("examples.reports", threads=DRAMATIQ_THREADS)
+    env = app_env(database_url, schema)
+    # More customers than the map's max_concurrency (20): its window has to move on.
+    customers = [str(c) for c in range(1, 26)]
+    report = run([sys.executable, "-m", "examples.reports", "2024-05", *customers], env)
+    assert report.returncode == 0, report.stderr + processes.output()
+    summary = json.loads(report.stdout)
+    # Invoices of c * 10 + 0.50; customers from 4000 API calls (c * 1000) up are gold.
+    assert {k: summary[k] for k in ("month", "customers", "total_invoiced", "gold")} == {
+        "month": "2024-05",
+        "customers": 25,
+        "total_invoiced": "3262.50",
+        "gold": list(range(4, 26)),
+    }
+    pdf_url = summary["pdf_url"]
+    assert pdf_url.startswith("https://files.example.com/reports/2024-05-")
+
+    def recorded() -> list[tuple[object, ...]]:
+        return rows(
+            db,
+            schema,
+            "SELECT id, execution_id, month, pdf_url, customers, total_invoiced "
+            "FROM {s}.monthly_reports",
+        )
+
+    # The row the transactional step wrote, once; its id is the summary's report_id.
+    assert recorded() == [
+        (summary["report_id"], "report-2024-05", "2024-05", pdf_url, 25, Decimal("3262.50"))
+    ]
+
+    info = cli.json("executions", "show", "report-2024-05")
+    assert [(s["key"], s["status"]) for s in info["steps"]] == [
+        ("group:parallel", "completed"),
+        ("group:score", "completed"),
+        ("child:render_pdf", "completed"),
+        ("step:record-report", "completed"),
+        ("step:stamped-at", "completed"),
+    ]
+    groups = {g["key"]: g for g in info["groups"]}
+    fetches, scores = groups["group:parallel"], groups["group:score"]
+    assert [(b["name"], b["status"]) for b in fetches["branches"]] == [
+        ("fetch-invoices", "completed"),
+        ("fetch-usage", "completed"),
+    ]
+    assert (scores["size"], scores["max_concurrency"]) == (25, 20)
+    assert [b["status"] for b in scores["branches"]] == ["completed"] * 25
+    [child] = info["children"]
+    assert (child["id"], child["status"]) == ("report-2024-05/child:render_pdf", "completed")
+    assert cli.json("executions", "show", child["id"])["result"]["url"] == pdf_url
+
+    # The same month again: the execution exists, so its recorded summary comes back and
+    # nothing runs or is written again.
+    again = run([sys.executable, "-m", "examples.reports", "2024-05", *customers], env)
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout) == summary
+    assert len(recorded()) == 1
     assert_no_discarded_result_warning(processes)
 
 

@@ -12,15 +12,19 @@ from __future__ import annotations
 
 from typing import Any
 
+import dramatiq
+
 from . import lifecycle
 from .actor import DurableActor
+from .body_retries import RETRIES
 from .errors import ExecutionConflict, ExecutionFailed
 from .joins import child_ended, wait_for_entry
 from .lifecycle import ParentLink
 from .run import EXECUTION_ID, SEQ, Run, continuation, current_run
 from .serialization import error_from_json, input_hash, load
 from .signals import Refused
-from .store import Transaction
+from .store import Store, Transaction
+from .transport import Transport
 
 
 class ChildHandle:
@@ -66,9 +70,10 @@ def start_child(
     """Start ``actor(*args, **kwargs)`` as a child execution of this one.
 
     The child's id defaults to ``"<parent id>/child:<actor>"`` (``#2``, ``#3``
-    for repeats). It inherits the parent's deadline unless its actor has a
-    timeout of its own. Unless ``detached``, cancelling, timing out or ending
-    the parent cancels it.
+    for repeats; ``"<parent id>/gen<n>/child:<actor>"`` in generation n > 0 of
+    a parent that continued as new). It inherits the parent's deadline unless
+    its actor has a timeout of its own. Unless ``detached``, cancelling, timing
+    out or ending the parent cancels it.
     """
     run = current_run()
     if not isinstance(actor, DurableActor):
@@ -87,7 +92,9 @@ def start_child(
         message = actor.message_with_options(args=args, kwargs=kwargs)
     except (TypeError, ValueError) as error:
         raise run.final(error) from None
-    child_id = execution_id or f"{run.execution_id}/{key}"
+    # A journal key is unique within a generation only: later generations name theirs apart.
+    scope = run.execution_id if run.generation == 0 else f"{run.execution_id}/gen{run.generation}"
+    child_id = execution_id or f"{scope}/{key}"
     message = continuation(message, **{EXECUTION_ID: child_id, SEQ: 0})
     parent = ParentLink(run.execution_id, key, detached)
 
@@ -109,12 +116,32 @@ def start_child(
             result={"execution_id": child_id},
             tx=tx,
         )
-        if not created:
+        if not created and not reopen(store, run.transport, tx, child_id):
             # Started before (by a run whose journal entry a retry forgot): it may have ended.
             child_ended(store, run.transport, tx, child_id)
 
     run.store.atomically(start)
     return ChildHandle(child_id, key, actor)
+
+
+def reopen(store: Store, transport: Transport, tx: Transaction, execution_id: str) -> bool:
+    """A failed, cancelled or timed-out execution runs again from where it stopped.
+
+    With it, the attached children that its end cancelled and whose journal
+    entries still wait for them: a retried parent finds them running again.
+    False if it had not ended so.
+    """
+    reopened = lifecycle.reopen(store, tx, execution_id)
+    if reopened is None or reopened.seq is None or reopened.message is None:
+        return False
+    # Dramatiq's retry count starts afresh: this is a new attempt by request.
+    message = continuation(
+        dramatiq.Message.decode(reopened.message), **{SEQ: reopened.seq, RETRIES: 0}
+    )
+    transport.send(tx, message, 0)
+    for (child_id,) in store.run_all(tx, "children_to_reopen", id=execution_id):
+        reopen(store, transport, tx, child_id)
+    return True
 
 
 def _check_same_child(

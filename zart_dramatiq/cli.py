@@ -25,9 +25,10 @@ import json
 import os
 import re
 import sys
+from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import dramatiq
 import psycopg
@@ -38,7 +39,7 @@ import zart_dramatiq as zart
 from broker_pg import Database, PostgresBroker, embedded, migrate
 from broker_pg.sqlfile import Queries
 
-from .client import ExecutionInfo
+from .client import BranchInfo, ChildInfo, ExecutionInfo, GroupInfo
 from .errors import ZartError
 from .lifecycle import STATUSES, TERMINAL
 from .middleware import middleware_for
@@ -46,11 +47,23 @@ from .serialization import dump
 
 PROG = "zart-dramatiq"
 
+T = TypeVar("T")
+
 #: The exit status of `embedded status` when the server is down, as for `pg_ctl status`.
 EXIT_NOT_RUNNING = 3
 
 #: The columns of an execution's inbox, as execution_events returns them.
 EVENT_FIELDS = ("name", "key", "sent_at", "consumed_by")
+
+#: At most this many branches of a group, or children, are listed one by one; past
+#: it, `executions show` gives counts by status and lists the failed and running ones.
+LISTED = 20
+
+#: A branch's statuses, in the order of its life.
+BRANCH_STATUSES = ("pending", "queued", "completed", "failed", "skipped")
+
+#: What an execution listing leaves out: `executions show ID` loads them.
+NOT_LISTED = ("steps", "groups", "children")
 
 #: What wakes an execution suspended in each status, unless its deadline comes first.
 WAKE_REASONS = {
@@ -235,12 +248,15 @@ def cmd_dead_letters_purge(session: Session, args: argparse.Namespace) -> int:
 def cmd_executions_list(session: Session, args: argparse.Namespace) -> int:
     executions = zart.list_executions(args.status, limit=args.limit, broker=session.broker)
     if args.json:
-        # A listing does not load steps: `executions show ID` has them.
-        _print_json([_without_steps(e) for e in executions])
+        # A listing does not load steps, groups or children: `executions show ID` has them.
+        _print_json([_listed(e) for e in executions])
         return 0
+    # The parent column only when some listed execution is a child.
+    parents = any(e.parent_id is not None for e in executions)
+    headers = ("id", "actor", "status", "waiting_for", "wake_at", "created", "updated")
     print(
         _table(
-            ("id", "actor", "status", "waiting_for", "wake_at", "created", "updated"),
+            (*headers, "parent") if parents else headers,
             [
                 (
                     e.id,
@@ -250,6 +266,7 @@ def cmd_executions_list(session: Session, args: argparse.Namespace) -> int:
                     e.wake_at,
                     e.created_at,
                     e.updated_at,
+                    *((e.parent_id,) if parents else ()),
                 )
                 for e in executions
             ],
@@ -278,6 +295,10 @@ def cmd_executions_show(session: Session, args: argparse.Namespace) -> int:
         ("execution", info.id),
         ("actor", f"{info.actor_name} (queue {info.queue_name})"),
         ("status", info.status),
+    ]
+    if info.parent_id is not None:
+        fields.append(("parent", f"{info.parent_id}{' (detached)' if info.detached else ''}"))
+    fields += [
         ("created", info.created_at),
         ("updated", info.updated_at),
         ("finished", info.finished_at),
@@ -316,9 +337,101 @@ def cmd_executions_show(session: Session, args: argparse.Namespace) -> int:
             empty="no steps yet",
         )
     )
+    for group in info.groups:
+        print()
+        print("\n".join(_group_lines(group)))
+    if info.children:
+        print()
+        print("\n".join(_children_lines(info.children)))
     print()
     print(_table(("event", "key", "sent", "consumed by"), events, empty="no events"))
     return 0
+
+
+def _group_lines(group: GroupInfo) -> list[str]:
+    """A group: its outcome and size, then its branches (past ``LISTED`` of them, counts
+    by status and the failed and running ones only)."""
+    winner = ""
+    if group.winner is not None:
+        names = [b.name for b in group.branches if b.index == group.winner]
+        winner = f", won by branch {group.winner}" + (f" ({names[0]})" if names else "")
+    window = "" if group.max_concurrency is None else f", at most {group.max_concurrency} at once"
+    head = (
+        f"group {group.key} ({group.mode}): {group.status}{winner}; "
+        f"{_plural(group.size, 'branch', 'branches')}, {group.open} open{window}"
+    )
+    shown, note = _summary(
+        group.branches,
+        [b.status for b in group.branches],
+        order=BRANCH_STATUSES,
+        listed=("failed", "queued"),
+        label="failed or running",
+        what="branches",
+    )
+    table = _table(
+        ("branch", "name", "status", "attempts", "error"),
+        [_branch_row(b) for b in shown],
+        empty="no failed or running branches",
+    )
+    return [head, *note, table]
+
+
+def _branch_row(branch: BranchInfo) -> tuple[Any, ...]:
+    error = _error_text(branch.error) if branch.error else None
+    return (branch.index, branch.name, branch.status, branch.attempts, error)
+
+
+def _children_lines(children: Sequence[ChildInfo]) -> list[str]:
+    """The children (past ``LISTED`` of them, counts by status and those not completed)."""
+    shown, note = _summary(
+        children,
+        [c.status for c in children],
+        order=STATUSES,
+        listed=tuple(s for s in STATUSES if s != "completed"),
+        label="not completed",
+        what="children",
+    )
+    table = _table(
+        ("child", "actor", "status", "detached", "step"),
+        [(c.id, c.actor_name, c.status, "yes" if c.detached else "no", c.step_key) for c in shown],
+        empty="no children that did not complete",
+    )
+    return [*(note or [f"{_plural(len(children), 'child', 'children')}:"]), table]
+
+
+def _summary(
+    items: Sequence[T],
+    statuses: Sequence[str],
+    *,
+    order: Sequence[str],
+    listed: Sequence[str],
+    label: str,
+    what: str,
+) -> tuple[list[T], list[str]]:
+    """Which of ``items`` (whose statuses are ``statuses``) to list, and a note on the rest.
+
+    Up to ``LISTED`` items are all listed, with no note. Past that, the note counts
+    them by status (in ``order``), and only the first ``LISTED`` whose status is in
+    ``listed`` (described as ``label``) are.
+    """
+    if len(items) <= LISTED:
+        return list(items), []
+    counts = Counter(statuses)
+    rank = {status: i for i, status in enumerate(order)}
+    by_status = ", ".join(
+        f"{counts[s]} {s}" for s in sorted(counts, key=lambda s: (rank.get(s, len(rank)), s))
+    )
+    kept = [item for item, status in zip(items, statuses, strict=True) if status in listed]
+    note = f"{len(items)} {what}: {by_status}"
+    if len(kept) > LISTED:
+        note += f"; the first {LISTED} of the {len(kept)} {label}:"
+    elif kept:
+        note += f"; the {len(kept)} {label}:"
+    return kept[:LISTED], [note]
+
+
+def _plural(count: int, one: str, many: str) -> str:
+    return f"{count} {one if count == 1 else many}"
 
 
 def _wake_up(info: ExecutionInfo) -> tuple[datetime, str] | None:
@@ -427,8 +540,8 @@ def _json_default(value: Any) -> Any:
     return str(value)
 
 
-def _without_steps(info: ExecutionInfo) -> dict[str, Any]:
-    return {k: v for k, v in dataclasses.asdict(info).items() if k != "steps"}
+def _listed(info: ExecutionInfo) -> dict[str, Any]:
+    return {k: v for k, v in dataclasses.asdict(info).items() if k not in NOT_LISTED}
 
 
 def _compact_json(value: Any) -> str:

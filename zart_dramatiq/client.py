@@ -10,7 +10,7 @@ from typing import Any
 
 import dramatiq
 
-from . import lifecycle, retention
+from . import children, lifecycle, retention
 from .actor import DurableActor
 from .errors import (
     ExecutionConflict,
@@ -280,18 +280,14 @@ def retry(execution_id: str, *, broker: dramatiq.Broker | None = None) -> None:
     middleware = _middleware(broker)
     store = middleware.store
     with store.transaction() as tx:
-        reopened = lifecycle.reopen(store, tx, execution_id)
-        if reopened is None:
-            raise UnknownExecution(f"cannot retry: no execution has id {execution_id!r}")
-        if reopened.seq is None or reopened.message is None:
+        if not children.reopen(store, middleware.transport, tx, execution_id):
+            row = store.run(tx, "execution_status", id=execution_id)
+            if row is None:
+                raise UnknownExecution(f"cannot retry: no execution has id {execution_id!r}")
             raise ExecutionFinished(
-                f"cannot retry execution {execution_id!r}: it is {reopened.previous}; only "
+                f"cannot retry execution {execution_id!r}: it is {row[0]}; only "
                 "failed, cancelled or timed-out executions can be retried"
             )
-        message = dramatiq.Message.decode(reopened.message)
-        # Dramatiq's retry count starts afresh: this is a new attempt by request.
-        options = {SEQ: reopened.seq, "retries": 0}
-        middleware.transport.send(tx, continuation(message, **options), 0)
 
 
 def purge_executions(older_than: timedelta, *, broker: dramatiq.Broker | None = None) -> int:

@@ -111,7 +111,7 @@ def create(
 ) -> bool:
     """Insert a pending execution of ``actor``, started by ``message``.
 
-    A child without a timeout of its own inherits its parent's deadline.
+    An attached child without a timeout of its own inherits its parent's deadline.
     False if one with this id exists already.
     """
     args = list(message.args)

@@ -1,13 +1,14 @@
 -- Queries of the durable-execution layer. {schema} is bound to the configured schema.
 
 -- name: insert_execution
--- A child without a timeout of its own inherits its parent's deadline.
+-- An attached child without a timeout of its own inherits its parent's deadline.
 INSERT INTO {schema}.executions
        (id, actor_name, queue_name, input_hash, input, deadline, resume_message,
         parent_id, parent_step, detached)
 VALUES (%(id)s, %(actor_name)s, %(queue_name)s, %(input_hash)s, %(input)s,
         coalesce(statement_timestamp() + %(timeout_s)s * interval '1 second',
-                 (SELECT deadline FROM {schema}.executions WHERE id = %(parent_id)s)),
+                 (SELECT deadline FROM {schema}.executions
+                   WHERE id = %(parent_id)s AND NOT %(detached)s)),
         %(message)s, %(parent_id)s, %(parent_step)s, %(detached)s)
 ON CONFLICT (id) DO NOTHING
 RETURNING id
@@ -365,6 +366,15 @@ SELECT wake_message, resume_message FROM {schema}.executions
  WHERE id = %(id)s AND status = 'waiting' AND waiting_for = %(key)s
    FOR UPDATE
 
+-- name: children_to_reopen
+-- Attached children that their parent's end cancelled (or whose deadline it
+-- gave them), while the parent's journal still waits for them.
+SELECT c.id FROM {schema}.executions AS c
+  JOIN {schema}.steps AS s
+    ON s.execution_id = c.parent_id AND s.step_key = c.parent_step AND s.status = 'waiting'
+       AND s.result ->> 'execution_id' = c.id
+ WHERE c.parent_id = %(id)s AND NOT c.detached AND c.status IN ('cancelled', 'timed_out')
+
 -- name: child_ended
 -- The parent's journal entry for a child takes the child's outcome, if that
 -- entry waits for this child: after a continue_as_new, the same key may wait
@@ -385,16 +395,18 @@ RETURNING s.execution_id, s.step_key
 
 -- name: cancel_descendants
 -- The attached children of an ended execution, and theirs, are cancelled;
--- returns their pending wake-ups.
-WITH RECURSIVE tree (id) AS (
-    SELECT id FROM {schema}.executions WHERE parent_id = %(id)s AND NOT detached
+-- returns their pending wake-ups. Locked level by level, parents first: the
+-- order in which a child's own end locks its parent, then itself.
+WITH RECURSIVE tree (id, depth) AS (
+    SELECT id, 1 FROM {schema}.executions WHERE parent_id = %(id)s AND NOT detached
     UNION
-    SELECT e.id FROM {schema}.executions AS e JOIN tree ON e.parent_id = tree.id
+    SELECT e.id, tree.depth + 1 FROM {schema}.executions AS e JOIN tree ON e.parent_id = tree.id
      WHERE NOT e.detached
 ), targets AS (
-    SELECT e.id, e.wake_message FROM {schema}.executions AS e
-     WHERE e.id IN (SELECT id FROM tree) AND e.status = ANY(%(sources)s)
-       FOR UPDATE
+    SELECT e.id, e.wake_message FROM {schema}.executions AS e JOIN tree USING (id)
+     WHERE e.status = ANY(%(sources)s)
+     ORDER BY tree.depth, e.id
+       FOR UPDATE OF e
 ), done AS (
     UPDATE {schema}.executions AS e
        SET status = 'cancelled', waiting_for = NULL, wake_at = NULL, wake_message = NULL,
