@@ -19,6 +19,7 @@ import json
 import signal
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from dbos import DBOS, DBOSConfig
@@ -70,18 +71,34 @@ def register_queue(concurrency: int, poll: float) -> None:
     )
 
 
-def run_worker(args: argparse.Namespace) -> None:
+def serve(
+    url: str,
+    executor_id: str,
+    before_launch: Callable[[], None] = lambda: None,
+    after_launch: Callable[[], None] = lambda: None,
+) -> None:
+    """Launch DBOS, print READY_LINE, and run workflows until SIGTERM or SIGINT.
+
+    Also the worker of ``benchmarks/dbos_fanout.py``, which listens to its own queues.
+    """
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    DBOS(config=config(args.url, args.executor_id))
+    DBOS(config=config(url, executor_id))
+    before_launch()
     DBOS.launch()
-    register_queue(args.concurrency, args.poll)
+    after_launch()
     print(READY_LINE, flush=True)
     try:
         stop.wait()
     finally:
         DBOS.destroy()
+
+
+def run_worker(args: argparse.Namespace) -> None:
+    serve(
+        args.url, args.executor_id, after_launch=lambda: register_queue(args.concurrency, args.poll)
+    )
 
 
 def run_sleepers(args: argparse.Namespace) -> None:

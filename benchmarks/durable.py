@@ -21,12 +21,12 @@ import platform
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 if __package__ in (None, ""):
@@ -131,17 +131,26 @@ class Settings:
         return urlsplit(self.admin_url)._replace(path=f"/{name}").geturl()
 
 
+class Server(Protocol):
+    """What the database helpers need of a benchmark's settings (also benchmarks/fanout.py's)."""
+
+    @property
+    def admin_url(self) -> str: ...
+
+    def db_url(self, name: str) -> str: ...
+
+
 # -- PostgreSQL helpers ----------------------------------------------------------------
 
 
-def recreate_database(settings: Settings, name: str) -> str:
+def recreate_database(settings: Server, name: str) -> str:
     with psycopg.connect(settings.admin_url, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         conn.execute(f'CREATE DATABASE "{name}"')
     return settings.db_url(name)
 
 
-def drop_database(settings: Settings, name: str) -> None:
+def drop_database(settings: Server, name: str) -> None:
     with psycopg.connect(settings.admin_url, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
@@ -235,18 +244,22 @@ class CpuSampler:
     """Samples the CPU of worker processes and their backends at 10% and 90% of a drain.
 
     The mid-drain window leaves out worker boot and the tail, and CPU seconds, unlike
-    rates, hardly depend on what else the (shared) machine is running.
+    rates, hardly depend on what else the (shared) machine is running. ``total`` is the
+    number of units of work (workflows) the drain runs; ``mark`` takes a sample at once,
+    for callers that choose their own window (benchmarks/fanout.py: start to result).
     """
 
     def __init__(
         self,
-        settings: Settings,
+        admin_url: str,
+        total: int,
         database: str,
         workers_of: Callable[[], list[int]],
         poller: Poller,
         transport_of: Callable[[], list[int]] = list,
     ) -> None:
-        self.settings = settings
+        self.admin_url = admin_url
+        self.total = total
         self.database = database
         self.workers_of = workers_of
         self.transport_of = transport_of
@@ -255,7 +268,7 @@ class CpuSampler:
         self.marks: list[tuple[int, list[dict[int, float]]]] = []
 
     def backends(self) -> list[int]:
-        with psycopg.connect(self.settings.admin_url, autocommit=True) as conn:
+        with psycopg.connect(self.admin_url, autocommit=True) as conn:
             rows = conn.execute(
                 "SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> %s",
                 (self.database, self.exclude),
@@ -263,10 +276,13 @@ class CpuSampler:
         return [int(row[0]) for row in rows]
 
     def observe(self, done: int) -> None:
-        thresholds = (0.1 * self.settings.workflows, 0.9 * self.settings.workflows)
+        thresholds = (0.1 * self.total, 0.9 * self.total)
         if len(self.marks) < 2 and done >= thresholds[len(self.marks)]:
-            groups = (self.workers_of(), self.backends(), self.transport_of())
-            self.marks.append((done, [cpu_seconds(pids) for pids in groups]))
+            self.mark(done)
+
+    def mark(self, done: int) -> None:
+        groups = (self.workers_of(), self.backends(), self.transport_of())
+        self.marks.append((done, [cpu_seconds(pids) for pids in groups]))
 
     def share(self) -> CpuShare | None:
         if len(self.marks) < 2 or self.marks[1][0] <= self.marks[0][0]:
@@ -312,16 +328,20 @@ def spawn_python(args: list[str], log: Path, *, capture: bool = False) -> subpro
     return proc
 
 
+def dbos_worker_log(k: int) -> Path:
+    return Path(f"/tmp/zbench-dbos-worker-{k}.log")
+
+
 @contextmanager
-def dbos_workers(url: str, settings: Settings) -> Iterator[list[subprocess.Popen[str]]]:
+def dbos_workers(
+    url: str, processes: int, extra: Sequence[str], module: str = "benchmarks.dbos_workflow"
+) -> Iterator[list[subprocess.Popen[str]]]:
+    """`processes` DBOS workers: `python -m module worker --url URL --executor-id ID *extra`."""
     procs = []
     try:
-        for k in range(settings.processes):
-            log = Path(f"/tmp/zbench-dbos-worker-{k}.log")
-            argv = ["benchmarks.dbos_workflow", "worker", "--url", url]
-            argv += ["--executor-id", f"zbench-w{k}", "--concurrency", str(settings.threads)]
-            argv += ["--poll", str(settings.dbos_poll)]
-            procs.append(spawn_python(argv, log))
+        for k in range(processes):
+            argv = [module, "worker", "--url", url, "--executor-id", f"zbench-w{k}", *extra]
+            procs.append(spawn_python(argv, dbos_worker_log(k)))
         yield procs
     finally:
         for proc in procs:
@@ -332,9 +352,23 @@ def dbos_workers(url: str, settings: Settings) -> Iterator[list[subprocess.Popen
 def dead_dbos_worker(procs: list[subprocess.Popen[str]]) -> str | None:
     for k, proc in enumerate(procs):
         if proc.poll() is not None:
-            log = f"/tmp/zbench-dbos-worker-{k}.log"
-            return f"DBOS worker {k} exited with {proc.returncode} (see {log})"
+            return f"DBOS worker {k} exited with {proc.returncode} (see {dbos_worker_log(k)})"
     return None
+
+
+def wait_dbos_ready(procs: list[subprocess.Popen[str]], timeout: float = 60.0) -> None:
+    """Wait until every DBOS worker printed its ready line (after DBOS.launch)."""
+    from benchmarks.dbos_workflow import READY_LINE
+
+    deadline = time.monotonic() + timeout
+    while not all(
+        READY_LINE in dbos_worker_log(k).read_text(errors="replace") for k in range(len(procs))
+    ):
+        if (death := dead_dbos_worker(procs)) is not None:
+            raise workers.WorkerDied(death)
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"DBOS workers not ready after {timeout:.0f}s")
+        time.sleep(0.02)
 
 
 def dramatiq_death(worker: workers.WorkerProcess) -> str | None:
@@ -423,7 +457,8 @@ def bench_zart(settings: Settings, key: str = "zart") -> Throughput:
                 transport.app, settings.processes, settings.threads, zart_env(settings)
             ) as worker:
                 sampler = CpuSampler(
-                    settings,
+                    settings.admin_url,
+                    n,
                     ZART_DB,
                     lambda: with_descendants(worker.proc.pid),
                     poller,
@@ -497,7 +532,7 @@ def zart_lateness(poller: Poller, prefix: str) -> list[float]:
     return [float(row[0]) for row in rows]
 
 
-def database_exists(settings: Settings, name: str) -> bool:
+def database_exists(settings: Server, name: str) -> bool:
     with psycopg.connect(settings.admin_url, autocommit=True) as conn:
         found = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
     return found is not None
@@ -556,8 +591,10 @@ def bench_dbos(settings: Settings) -> Throughput:
     poller = Poller(url)
     spawned = time.time()
     try:
-        with dbos_workers(url, settings) as procs:
-            sampler = CpuSampler(settings, DBOS_DB, lambda: [p.pid for p in procs], poller)
+        extra = ["--concurrency", str(settings.threads), "--poll", str(settings.dbos_poll)]
+        with dbos_workers(url, settings.processes, extra) as procs:
+            pids = lambda: [p.pid for p in procs]  # noqa: E731
+            sampler = CpuSampler(settings.admin_url, n, DBOS_DB, pids, poller)
             query = "SELECT count(*) FROM dbos.workflow_status WHERE status = 'SUCCESS'"
             died = lambda: dead_dbos_worker(procs)  # noqa: E731
             wait_until(poller, query, (), n, settings.timeout, died, sampler.observe)
@@ -946,7 +983,14 @@ def settings_from(args: argparse.Namespace) -> Settings:
     )
 
 
-def attempt(results: Results, key: str, action: Callable[[], T]) -> T | None:
+class Failures(Protocol):
+    """Where `attempt` records a failed measurement (also benchmarks/fanout.py's results)."""
+
+    @property
+    def errors(self) -> dict[str, str]: ...
+
+
+def attempt(results: Failures, key: str, action: Callable[[], T]) -> T | None:
     print(f"[{key}] running...", file=sys.stderr, flush=True)
     try:
         return action()
