@@ -65,11 +65,19 @@ class Settlement:
     outcome: Outcome
 
 
+@dataclass(frozen=True)
+class Question:
+    """Whether a delivered branch should run: its group, index and execution."""
+
+    where: dict[str, Any]
+
+
 class BranchRunner:
     """Runs the branch deliveries of one middleware.
 
-    Branches that this process's threads deliver, or finish, at the same moment
-    share one read of their state and one transaction for their outcomes.
+    The bookkeeping of the branches that this process's threads deliver or
+    finish at the same moment shares one transaction: one read of the states
+    of those starting, and the outcomes of those ending.
     """
 
     def __init__(self, store: Store, transport: Transport, limits: Limits) -> None:
@@ -78,11 +86,8 @@ class BranchRunner:
         self.limits = limits
         timeout = store.write_timeout + 10.0
         then = "its message is handed back and runs again"
-        self._states: GroupCommit[dict[str, Any], tuple[Any, ...]] = GroupCommit(
-            self._read_states, timeout=timeout, what="a branch's state", then=then
-        )
-        self._settlements: GroupCommit[Settlement, None] = GroupCommit(
-            self._record_all, timeout=timeout, what="a branch's outcome", then=then
+        self._bookkeeping: GroupCommit[Question | Settlement, Any] = GroupCommit(
+            self._bookkeep, timeout=timeout, what="a branch's state or outcome", then=then
         )
 
     def deliver(
@@ -95,7 +100,7 @@ class BranchRunner:
         key, index = spec["group"], int(spec["index"])
         where = {"id": execution_id, "key": key, "index": index}
         try:
-            runnable, attempts, elapsed = self._states.submit(where)
+            runnable, attempts, elapsed = self._bookkeeping.submit(Question(where))
             if not runnable:
                 # Its group or execution ended, or this is a duplicate: nothing to run.
                 self.store.atomically(lambda tx: self.transport.settle(tx, delivery))
@@ -103,7 +108,7 @@ class BranchRunner:
             if not self.transport.atomic:
                 self.store.write("touch_branch", **where)
             outcome = self._attempts(spec, args, kwargs, attempts=attempts, elapsed=elapsed or 0.0)
-            self._settlements.submit(Settlement(delivery, where, outcome))
+            self._bookkeeping.submit(Settlement(delivery, where, outcome))
         except DatabaseUnavailable as error:
             logger.warning(
                 "Branch %s[%d] of execution %r: could not record its outcome (%s); "
@@ -118,19 +123,31 @@ class BranchRunner:
                 f"branch {key}[{index}] of execution {execution_id!r}: {error}"
             ) from error
 
-    def _read_states(self, batch: Sequence[dict[str, Any]]) -> list[tuple[Any, ...]]:
-        return self.store.fetchall("branch_states", batch=Jsonb(list(batch)))
-
-    def _record_all(self, batch: Sequence[Settlement]) -> list[None]:
+    def _bookkeep(self, batch: Sequence[Question | Settlement]) -> list[Any]:
+        """Answer the questions and record the settlements of ``batch``, in one transaction."""
+        questions = [item.where for item in batch if isinstance(item, Question)]
         # One lock order for every transaction: groups by execution, group and index.
-        ordered = sorted(batch, key=lambda s: (s.where["id"], s.where["key"], s.where["index"]))
+        settlements = sorted(
+            (item for item in batch if isinstance(item, Settlement)),
+            key=lambda s: (s.where["id"], s.where["key"], s.where["index"]),
+        )
 
-        def record(tx: Transaction) -> None:
-            for settlement in ordered:
+        def bookkeep(tx: Transaction) -> list[tuple[Any, ...]]:
+            states = self._states(tx, questions)
+            for settlement in settlements:
                 self._record(tx, settlement)
+            return states
 
-        self.store.atomically(record)
-        return [None] * len(batch)
+        if settlements:
+            states = iter(self.store.atomically(bookkeep))
+        else:
+            states = iter(self.store.fetchall("branch_states", batch=Jsonb(questions)))
+        return [next(states) if isinstance(item, Question) else None for item in batch]
+
+    def _states(self, tx: Transaction, questions: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+        if not questions:
+            return []
+        return self.store.run_all(tx, "branch_states", batch=Jsonb(questions))
 
     def _attempts(
         self,

@@ -471,18 +471,20 @@ ON CONFLICT (execution_id, step_key) DO NOTHING
 -- The next branches to send, up to %(count)s, from index %(start)s on (the
 -- group's next_branch, which no branch below is still to be sent): marked
 -- queued, their messages returned. The group counts them in flight.
-WITH next AS (
-    SELECT b.index FROM {schema}.branches AS b
-     WHERE b.execution_id = %(id)s AND b.group_key = %(key)s
-       AND b.index >= %(start)s AND b.status = 'pending'
-     ORDER BY b.index
-     LIMIT %(count)s
+WITH last AS (
+    SELECT max(index) AS index
+      FROM (SELECT b.index FROM {schema}.branches AS b
+             WHERE b.execution_id = %(id)s AND b.group_key = %(key)s
+               AND b.index >= %(start)s AND b.status = 'pending'
+             ORDER BY b.index
+             LIMIT %(count)s) AS next
 ), queued AS (
-    -- By key: a join would be planned (once, generically) as a scan of the group.
+    -- The pending rows up to the last of them are the ones found: read as an index
+    -- range (a generic plan would rather filter the whole group for a join or a list).
     UPDATE {schema}.branches AS b
        SET status = 'queued', queued_at = statement_timestamp()
-     WHERE b.execution_id = %(id)s AND b.group_key = %(key)s
-       AND b.index >= %(start)s AND b.index = ANY (ARRAY(SELECT index FROM next))
+     WHERE b.execution_id = %(id)s AND b.group_key = %(key)s AND b.status = 'pending'
+       AND b.index >= %(start)s AND b.index <= (SELECT index FROM last)
     RETURNING b.index, b.message
 ), counted AS (
     UPDATE {schema}.step_groups
