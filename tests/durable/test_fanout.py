@@ -13,7 +13,7 @@ import pytest
 import tenacity
 
 import zart_dramatiq as zart
-from tests.support import Effects
+from tests.support import Effects, wait_until
 
 EFFECTS = Effects()
 #: Lets a test hold branches until it has seen what it waits for.
@@ -292,3 +292,42 @@ def test_two_branches_with_one_name_fail_the_execution_writing_nothing(
     )
     assert db.execute(f'SELECT count(*) FROM "{schema}".step_groups').fetchone() == (0,)
     assert EFFECTS["double:1"] == 0
+
+
+def test_a_cancelled_parent_starts_no_more_branches(broker, worker) -> None:
+    @zart.durable
+    def flow() -> list[int]:
+        return zart.map("items", held_then_counted, range(5), max_concurrency=1)
+
+    handle = zart.start(flow)
+    wait_until(lambda: EFFECTS["held:0"] == 1, timeout=20, message="item 0 to start")
+    assert zart.cancel(handle.execution_id) == "waiting"
+    GATE.set()
+    # Item 0 ends (its outcome is recorded: it ran), and no item after it starts.
+    wait_until(
+        lambda: zart.get_execution(handle.execution_id).groups[0].branches[0].status == "completed",
+        timeout=20,
+        message="item 0 to be recorded",
+    )
+    (group,) = zart.get_execution(handle.execution_id).groups
+    assert [b.status for b in group.branches[1:]] == ["pending"] * 4
+    assert [EFFECTS[f"held:{i}"] for i in range(5)] == [1, 0, 0, 0, 0]
+    assert zart.get_execution(handle.execution_id).status == "cancelled"
+
+
+def test_a_parent_past_its_deadline_times_out_while_its_branches_run(broker, worker) -> None:
+    @zart.durable(timeout=timedelta(milliseconds=300))
+    def flow() -> list[int]:
+        return zart.parallel(zart.call("slow", held, 1))  # type: ignore[no-any-return]
+
+    handle = zart.start(flow)
+    with pytest.raises(zart.ExecutionFailed) as failed:
+        handle.result(timeout=20)
+    assert failed.value.status == "timed_out"
+    GATE.set()
+
+
+def held_then_counted(x: int) -> int:
+    EFFECTS(f"held:{x}")
+    GATE.wait(20)
+    return x
