@@ -89,8 +89,8 @@ def test_async_actors_are_durable_too(broker, effects: Effects) -> None:
 
     @zart.durable
     async def flow(n: int) -> int:
-        doubled = zart.step("double", lambda: effects("double") or n * 2)
-        zart.sleep("pause", timedelta(milliseconds=100))
+        doubled = await zart.aio.step("double", lambda: effects("double") or n * 2)
+        await zart.aio.sleep("pause", timedelta(milliseconds=100))
         return doubled + 1
 
     worker = Worker(broker, worker_timeout=100, worker_threads=2)
