@@ -139,20 +139,17 @@ def acquire(store: Store, execution_id: str, seq: int, worker_id: UUID) -> Acqui
     The caller guarantees no run of this execution is active in this process,
     so an execution still held by this worker is an ended run's leftover.
     """
-
-    def take(tx: Transaction) -> Acquired | None:
-        row = store.run(
-            tx, "acquire", id=execution_id, seq=seq, worker_id=worker_id, sources=_ACQUIRE
-        )
-        if row is None:
-            return None
-        journal = store.run(tx, "journal", id=execution_id)
-        assert journal is not None
-        return Acquired(
-            token=row[0], expired=row[1], generation=row[2], parent_id=row[3], journal=journal[0]
-        )
-
-    return store.atomically(take)
+    # The journal by a statement of its own: acquire may have waited for the lock of
+    # a run that recorded a step as it committed, which acquire's snapshot predates.
+    row, journal = store.write_then_read(
+        "acquire", "journal", id=execution_id, seq=seq, worker_id=worker_id, sources=_ACQUIRE
+    )
+    if row is None:
+        return None
+    assert journal is not None
+    return Acquired(
+        token=row[0], expired=row[1], generation=row[2], parent_id=row[3], journal=journal[0]
+    )
 
 
 def suspend(
