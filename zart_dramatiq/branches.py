@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import dramatiq
 from dramatiq import MessageProxy
@@ -33,7 +33,7 @@ from .limits import Limits, json_size
 from .retry_policy import Retry
 from .run import EXECUTION_ID, continuation, end_quietly
 from .serialization import convert_arguments, dump, error_to_json, load, type_hints
-from .signals import Abandoned
+from .signals import Abandoned, BranchEnded
 from .store import Store, Transaction
 from .transport import Transport
 
@@ -92,8 +92,8 @@ class BranchRunner:
 
     def deliver(
         self, delivery: MessageProxy, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> None:
-        """Run one branch delivery to its end, recorded."""
+    ) -> NoReturn:
+        """Run one branch delivery to its end, recorded; raises BranchEnded."""
         end_quietly(delivery)
         spec = delivery.options[BRANCH]
         execution_id = str(delivery.options[EXECUTION_ID])
@@ -104,7 +104,7 @@ class BranchRunner:
             if not runnable:
                 # Its group or execution ended, or this is a duplicate: nothing to run.
                 self.store.atomically(lambda tx: self.transport.settle(tx, delivery))
-                return
+                raise BranchEnded(f"branch {key}[{index}] of {execution_id!r} has nothing to run")
             if not self.transport.atomic:
                 self.store.write("touch_branch", **where)
             outcome = self._attempts(spec, args, kwargs, attempts=attempts, elapsed=elapsed or 0.0)
@@ -122,6 +122,7 @@ class BranchRunner:
             raise Abandoned(
                 f"branch {key}[{index}] of execution {execution_id!r}: {error}"
             ) from error
+        raise BranchEnded(f"branch {key}[{index}] of {execution_id!r} ended {outcome.status}")
 
     def _bookkeep(self, batch: Sequence[Question | Settlement]) -> list[Any]:
         """Answer the questions and record the settlements of ``batch``, in one transaction."""

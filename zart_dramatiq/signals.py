@@ -21,6 +21,11 @@ class ContinuedAsNew(Suspended):
     """The run ended in ``zart.continue_as_new``; the next generation's first message is sent."""
 
 
+class BranchEnded(Paused):
+    """A branch delivery ended, its outcome recorded in its group: it is not the actor's
+    result, so Callbacks, Pipelines and Results leave it alone."""
+
+
 class Stopped(Paused):
     """The delivery has nothing (more) to run: cancelled, timed out, stale or duplicate."""
 

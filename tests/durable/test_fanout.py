@@ -9,6 +9,7 @@ import threading
 from collections.abc import Iterator
 from datetime import date, timedelta
 
+import dramatiq
 import pytest
 import tenacity
 
@@ -331,3 +332,22 @@ def held_then_counted(x: int) -> int:
     EFFECTS(f"held:{x}")
     GATE.wait(20)
     return x
+
+
+def test_branch_deliveries_fire_no_callback_of_the_actor(broker, worker) -> None:
+    successes: list[object] = []
+
+    @dramatiq.actor
+    def on_done(message: dict, result: object) -> None:
+        successes.append(result)
+
+    @zart.durable(on_success=on_done.actor_name)
+    def flow() -> list[int]:
+        return zart.parallel(zart.call("a", double, 1), zart.call("b", double, 2))  # type: ignore[no-any-return]
+
+    handle = zart.start(flow)
+    assert handle.result(timeout=20) == [2, 4]
+    wait_until(lambda: successes, timeout=20, message="the execution's on_success")
+    broker.join(on_done.queue_name)
+    # Once, for the execution: not for each branch.
+    assert successes == [[2, 4]]
