@@ -5,7 +5,7 @@ standard ``dramatiq`` worker. Apply the schema first with ``migrate()`` or
 ``zart-dramatiq migrate``.
 """
 
-from .broker import DeadLetter, PostgresBroker
+from .broker import DeadLetter, LiveWorker, PostgresBroker, QueueStats
 from .consumer import PostgresMessageProxy
 from .database import DEFAULT_SCHEMA, Database, resolve_url
 from .errors import ConfigurationError, DatabaseUnavailable, MessageEncodeError, SchemaMissing
@@ -18,10 +18,12 @@ __all__ = [
     "Database",
     "DatabaseUnavailable",
     "DeadLetter",
+    "LiveWorker",
     "MessageEncodeError",
     "PostgresBackend",
     "PostgresBroker",
     "PostgresMessageProxy",
+    "QueueStats",
     "SchemaMissing",
     "migrate",
     "resolve_url",

@@ -63,6 +63,36 @@ class DeadLetter:
 
 
 @dataclass(frozen=True)
+class QueueStats:
+    """One queue's messages by state, its oldest due message and its dead letters."""
+
+    queue_name: str
+    #: Due now (queued, or delayed and come due).
+    queued: int
+    #: Due later.
+    delayed: int
+    #: Waiting for an explicit wake-up (durable event waits, joins).
+    parked: int
+    #: Leased to a worker.
+    claimed: int
+    dead_letters: int
+    #: Seconds the oldest message due now has waited; None when none is due.
+    oldest_due_s: float | None
+
+
+@dataclass(frozen=True)
+class LiveWorker:
+    """A worker process whose database session is open, with the messages it holds."""
+
+    id: uuid.UUID
+    hostname: str
+    pid: int
+    started_at: Any
+    heartbeat_age_s: float
+    claimed: int
+
+
+@dataclass(frozen=True)
 class Claim:
     """What one claim round returns: the leased rows and when to look again."""
 
@@ -526,6 +556,21 @@ class PostgresBroker(dramatiq.Broker):
             )
 
     # -- Dead letters ------------------------------------------------------
+
+    def queue_stats(self) -> list[QueueStats]:
+        """Every queue with messages or dead letters, and every declared queue, by name."""
+        with self.db.connection() as conn:
+            rows = conn.execute(self.queries["queue_stats"]).fetchall()
+        stats = {row[0]: QueueStats(*row) for row in rows}
+        for name in self.get_declared_queues() - stats.keys():
+            stats[name] = QueueStats(name, 0, 0, 0, 0, 0, None)
+        return [stats[name] for name in sorted(stats)]
+
+    def live_workers(self) -> list[LiveWorker]:
+        """Workers whose database session is still open, oldest first."""
+        with self.db.connection() as conn:
+            rows = conn.execute(self.queries["live_workers"]).fetchall()
+        return [LiveWorker(*row) for row in rows]
 
     def list_dead_letters(
         self, queue_name: str | None = None, *, limit: int = 100

@@ -58,6 +58,22 @@ def migrate(url: str | None = None, *, schema: str = DEFAULT_SCHEMA) -> list[str
         db.close()
 
 
+def pending_migrations(db: Database) -> list[str]:
+    """The migrations shipped with this version that ``db``'s schema lacks (all, if none ran)."""
+    with db.connection() as conn:
+        table = conn.execute(
+            "SELECT to_regclass(quote_ident(%s) || %s)", (db.schema, ".schema_migrations")
+        ).fetchone()
+        applied: set[int] = set()
+        if table is not None and table[0] is not None:
+            query = sql.SQL("SELECT version FROM {}.schema_migrations")
+            rows = conn.execute(query.format(sql.Identifier(db.schema))).fetchall()
+            applied = {version for (version,) in rows}
+    return [
+        f"{m.version:04d}_{m.name}" for m in available_migrations() if m.version not in applied
+    ]
+
+
 def apply_migrations(db: Database) -> list[str]:
     """Apply pending migrations through ``db``; return the names applied now."""
     schema = sql.Identifier(db.schema)

@@ -333,3 +333,38 @@ ON CONFLICT (channel, pid) DO UPDATE SET backend_start = excluded.backend_start
 
 -- name: unregister_listener
 DELETE FROM {schema}.listeners WHERE channel = ANY(%(channels)s) AND pid = pg_backend_pid()
+
+-- name: queue_stats
+-- Per queue: messages due now, due later, parked, leased, dead letters, and how
+-- long the oldest message due now has waited. (Operators' view: it reads every
+-- message once.)
+WITH live AS (
+    SELECT queue_name,
+           count(*) FILTER (WHERE state = 'queued' OR (state = 'delayed' AND eta <= now())) AS queued,
+           count(*) FILTER (WHERE state = 'delayed' AND eta > now()) AS delayed,
+           count(*) FILTER (WHERE state = 'parked') AS parked,
+           count(*) FILTER (WHERE state = 'claimed') AS claimed,
+           min(eta) FILTER (WHERE state IN ('queued', 'delayed') AND eta <= now()) AS oldest_due
+      FROM {schema}.messages
+     GROUP BY queue_name
+), dead AS (
+    SELECT queue_name, count(*) AS dead_letters
+      FROM {schema}.dead_letters
+     GROUP BY queue_name
+)
+SELECT queue_name,
+       coalesce(live.queued, 0), coalesce(live.delayed, 0), coalesce(live.parked, 0),
+       coalesce(live.claimed, 0), coalesce(dead.dead_letters, 0),
+       extract(epoch FROM now() - live.oldest_due)::float8
+  FROM live FULL JOIN dead USING (queue_name)
+ ORDER BY queue_name
+
+-- name: live_workers
+-- Workers whose database session is still open, with the messages they hold.
+SELECT w.id, w.hostname, w.pid, w.started_at,
+       extract(epoch FROM now() - w.heartbeat_at)::float8,
+       (SELECT count(*) FROM {schema}.messages AS m
+         WHERE m.lease_owner = w.id AND m.state = 'claimed')
+  FROM {schema}.workers AS w
+ WHERE EXISTS (SELECT 1 FROM pg_stat_activity AS a WHERE a.pid = w.backend_pid)
+ ORDER BY w.started_at, w.id

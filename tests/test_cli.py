@@ -66,6 +66,10 @@ def test_queues_shows_due_delayed_parked_claimed_messages_and_live_workers(
             message="the gamma message to be claimed",
         )
         queues = {q.pop("queue"): q for q in report["queues"]}
+        oldest = {name: (q.pop("queue_name"), q.pop("oldest_due_s")) for name, q in queues.items()}
+        # How long the oldest message due now has waited: none is due on gamma.
+        assert oldest["alpha"][1] >= 0 and oldest["beta"][1] >= 0
+        assert oldest["gamma"] == ("gamma", None)
         assert queues == {
             "alpha": {"queued": 2, "delayed": 1, "parked": 0, "claimed": 0, "dead_letters": 0},
             "beta": {"queued": 1, "delayed": 0, "parked": 1, "claimed": 0, "dead_letters": 0},
@@ -83,8 +87,11 @@ def test_queues_shows_due_delayed_parked_claimed_messages_and_live_workers(
             "PARKED",
             "CLAIMED",
             "DEAD_LETTERS",
+            "OLDEST",
+            "DUE",
+            "(S)",
         ]
-        assert table[1].split() == ["alpha", "2", "1", "0", "0", "0"]
+        assert table[1].split()[:6] == ["alpha", "2", "1", "0", "0", "0"]
         assert any(str(broker.worker_id) in line for line in table[4:])
     finally:
         release.set()

@@ -124,14 +124,21 @@ def start_child(
     return ChildHandle(child_id, key, actor)
 
 
-def reopen(store: Store, transport: Transport, tx: Transaction, execution_id: str) -> bool:
+def reopen(
+    store: Store,
+    transport: Transport,
+    tx: Transaction,
+    execution_id: str,
+    reopened: lifecycle.Reopened | None = None,
+) -> bool:
     """A failed, cancelled or timed-out execution runs again from where it stopped.
 
     With it, the attached children that its end cancelled and whose journal
     entries still wait for them: a retried parent finds them running again.
-    False if it had not ended so.
+    ``reopened``: the transition already made (a rerun from a step), to send its
+    message. False if it had not ended so.
     """
-    reopened = lifecycle.reopen(store, tx, execution_id)
+    reopened = reopened or lifecycle.reopen(store, tx, execution_id)
     if reopened is None or reopened.seq is None or reopened.message is None:
         return False
     # Dramatiq's retry count starts afresh: this is a new attempt by request.

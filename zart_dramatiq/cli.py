@@ -9,6 +9,9 @@ Examples::
     zart-dramatiq executions wait order-42 --timeout 5m
     zart-dramatiq executions purge --older-than 30d
     zart-dramatiq send-event order-42 shipment_ready '{"tracking_number": "1Z999"}'
+    zart-dramatiq serve --host 0.0.0.0 --port 8000 --broker myapp.tasks:broker
+    zart-dramatiq keys create --scope read --scope events --name webhooks
+    zart-dramatiq keys revoke 3f9a0c12d4e5
     zart-dramatiq embedded status
 
 The database is ``--url``, else ``DATABASE_URL``, else the embedded server;
@@ -37,13 +40,14 @@ from dramatiq.errors import BrokerError
 
 import zart_dramatiq as zart
 from broker_pg import Database, PostgresBroker, embedded, migrate
-from broker_pg.sqlfile import Queries
 
+from .api_keys import SCOPES, ApiKey, ApiKeys
 from .client import BranchInfo, ChildInfo, ExecutionInfo, GroupInfo
 from .errors import ZartError
 from .lifecycle import STATUSES, TERMINAL
 from .middleware import middleware_for
 from .serialization import dump
+from .store import Store
 
 PROG = "zart-dramatiq"
 
@@ -51,9 +55,6 @@ T = TypeVar("T")
 
 #: The exit status of `embedded status` when the server is down, as for `pg_ctl status`.
 EXIT_NOT_RUNNING = 3
-
-#: The columns of an execution's inbox, as execution_events returns them.
-EVENT_FIELDS = ("name", "key", "sent_at", "consumed_by")
 
 #: At most this many branches of a group, or children, are listed one by one; past
 #: it, `executions show` gives counts by status and lists the failed and running ones.
@@ -117,10 +118,6 @@ class Session:
         """The schema in use: the imported broker's, once imported, else the configured one."""
         return self.database.schema if self._broker is not None else self.schema
 
-    def queries(self) -> Queries:
-        """The command line's own queries, on the schema in use."""
-        return Queries("zart_dramatiq", "cli_queries.sql", self.database.schema)
-
     @property
     def database(self) -> Database:
         """Where executions (and, on broker_pg, messages) are kept."""
@@ -128,6 +125,10 @@ class Session:
         if isinstance(broker, PostgresBroker):
             return broker.db
         return middleware_for(broker).store.db
+
+    def api_keys(self) -> ApiKeys:
+        """The API keys of the schema in use."""
+        return ApiKeys(Store(self.database))
 
     def close(self) -> None:
         if self._owned and self._broker is not None:
@@ -163,30 +164,28 @@ def cmd_migrate(session: Session, args: argparse.Namespace) -> int:
 
 def cmd_queues(session: Session, args: argparse.Namespace) -> int:
     broker = session.postgres_broker("queues")
-    queries = session.queries()
-    with broker.db.connection() as conn:
-        counts = conn.execute(queries["queue_counts"]).fetchall()
-        workers = conn.execute(queries["live_workers"]).fetchall()
     # Queues the imported application declares are listed even when empty.
-    seen = {row[0] for row in counts}
-    counts += [(name, 0, 0, 0, 0, 0) for name in broker.get_declared_queues() - seen]
-    counts.sort(key=lambda row: row[0])
-    queue_fields = ("queue", "queued", "delayed", "parked", "claimed", "dead_letters")
-    worker_fields = ("id", "hostname", "pid", "started_at", "heartbeat_age_s", "claimed")
+    stats, workers = broker.queue_stats(), broker.live_workers()
     if args.json:
         _print_json(
             {
-                "queues": [dict(zip(queue_fields, row, strict=True)) for row in counts],
-                "workers": [dict(zip(worker_fields, row, strict=True)) for row in workers],
+                "queues": [{"queue": q.queue_name, **dataclasses.asdict(q)} for q in stats],
+                "workers": [dataclasses.asdict(w) for w in workers],
             }
         )
         return 0
-    print(_table(queue_fields, counts, empty="no queues"))
+    print(
+        _table(
+            ("queue", "queued", "delayed", "parked", "claimed", "dead_letters", "oldest due (s)"),
+            [dataclasses.astuple(q) for q in stats],
+            empty="no queues",
+        )
+    )
     print()
     print(
         _table(
             ("worker", "hostname", "pid", "started", "heartbeat (s ago)", "claimed"),
-            workers,
+            [dataclasses.astuple(w) for w in workers],
             empty="no live workers",
         )
     )
@@ -278,15 +277,14 @@ def cmd_executions_list(session: Session, args: argparse.Namespace) -> int:
 
 def cmd_executions_show(session: Session, args: argparse.Namespace) -> int:
     info = zart.get_execution(args.execution_id, broker=session.broker)
-    with session.database.connection() as conn:
-        events = conn.execute(session.queries()["execution_events"], {"id": info.id}).fetchall()
     wake_up = _wake_up(info)
     if args.json:
+        shown = dataclasses.asdict(info)
         _print_json(
             {
-                **dataclasses.asdict(info),
+                **{k: v for k, v in shown.items() if k != "inbox"},
                 "wake_up": None if wake_up is None else {"at": wake_up[0], "by": wake_up[1]},
-                "events": [dict(zip(EVENT_FIELDS, row, strict=True)) for row in events],
+                "events": shown["inbox"],
             }
         )
         return 0
@@ -344,6 +342,7 @@ def cmd_executions_show(session: Session, args: argparse.Namespace) -> int:
         print()
         print("\n".join(_children_lines(info.children)))
     print()
+    events = [(e.name, e.key, e.sent_at, e.consumed_by) for e in info.inbox]
     print(_table(("event", "key", "sent", "consumed by"), events, empty="no events"))
     return 0
 
@@ -506,6 +505,66 @@ def cmd_send_event(session: Session, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_keys_create(session: Session, args: argparse.Namespace) -> int:
+    try:
+        key, token = session.api_keys().create(args.scopes, name=args.name)
+    except ValueError as e:
+        raise CommandError(str(e)) from None
+    name = "" if key.name is None else f" ({key.name})"
+    print(
+        f"created API key {key.id}{name} with scopes {_scopes(key)}; "
+        "the key below is shown once, keep it now:"
+    )
+    # Alone on the last line: scripts take it from there.
+    print(token)
+    return 0
+
+
+def cmd_keys_list(session: Session, args: argparse.Namespace) -> int:
+    keys = session.api_keys().list()
+    if args.json:
+        _print_json([{**dataclasses.asdict(k), "scopes": _scope_list(k)} for k in keys])
+        return 0
+    print(
+        _table(
+            ("id", "name", "scopes", "created", "last used", "revoked"),
+            [(k.id, k.name, _scopes(k), k.created_at, k.last_used_at, k.revoked_at) for k in keys],
+            empty="no API keys",
+        )
+    )
+    return 0
+
+
+def cmd_keys_revoke(session: Session, args: argparse.Namespace) -> int:
+    keys = session.api_keys()
+    if keys.revoke(args.key_id):
+        print(f"revoked API key {args.key_id}: it is refused from now on")
+        return 0
+    key = keys.get(args.key_id)
+    if key is None:
+        raise CommandError(f"no API key {args.key_id!r}; `{PROG} keys list` shows the keys")
+    print(f"API key {key.id} was already revoked (at {_cell(key.revoked_at)})")
+    return 0
+
+
+def cmd_serve(session: Session, args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+
+        from .http import create_app
+    except ImportError as e:
+        raise CommandError(
+            f"serve needs the HTTP extra ({e.name} is missing): pip install 'zart-dramatiq[http]'"
+        ) from None
+    app = create_app(
+        session.broker,
+        auth=not args.no_auth,
+        webhook_secret=os.environ.get("ZART_WEBHOOK_SECRET") or None,
+    )
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    return 0
+
+
 def cmd_embedded_status(session: Session, args: argparse.Namespace) -> int:
     pgdata = embedded.data_dir()
     server = embedded.running(pgdata)
@@ -542,6 +601,14 @@ def _json_default(value: Any) -> Any:
 
 def _listed(info: ExecutionInfo) -> dict[str, Any]:
     return {k: v for k, v in dataclasses.asdict(info).items() if k not in NOT_LISTED}
+
+
+def _scope_list(key: ApiKey) -> list[str]:
+    return [scope for scope in SCOPES if scope in key.scopes]
+
+
+def _scopes(key: ApiKey) -> str:
+    return ",".join(_scope_list(key))
 
 
 def _compact_json(value: Any) -> str:
@@ -728,6 +795,43 @@ def build_parser() -> argparse.ArgumentParser:
         "payload", metavar="JSON", nargs="?", default="null", help="the payload (default: null)"
     )
     sub.add_argument("--key", help="deduplication key: an event with a key is delivered once")
+
+    sub = command(
+        commands,
+        "serve",
+        cmd_serve,
+        "serve the HTTP API (uvicorn); with --broker, the app's durable actors can be started",
+    )
+    sub.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    sub.add_argument("--port", type=_positive_int, default=8000, help="port (8000)")
+    sub.add_argument(
+        "--no-auth",
+        action="store_true",
+        help="serve without API keys (only behind an authenticating proxy)",
+    )
+
+    keys = commands.add_parser("keys", help="API keys of the HTTP API")
+    key_commands = keys.add_subparsers(dest="action", required=True, metavar="ACTION")
+    sub = command(
+        key_commands,
+        "create",
+        cmd_keys_create,
+        "create an API key; it is printed once, alone on the last line",
+    )
+    sub.add_argument(
+        "--scope",
+        dest="scopes",
+        action="append",
+        required=True,
+        choices=SCOPES,
+        help="what the key may do; repeat for several: read (look), events (send events), "
+        "admin (everything)",
+    )
+    sub.add_argument("--name", help="what the key is for, shown in `keys list`")
+    json_flag(command(key_commands, "list", cmd_keys_list, "API keys, revoked ones included"))
+    command(
+        key_commands, "revoke", cmd_keys_revoke, "revoke an API key: it is refused at once"
+    ).add_argument("key_id", metavar="ID", help="the key's id, from keys list")
     return parser
 
 

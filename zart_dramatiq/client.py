@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import json
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -83,6 +85,18 @@ class ChildInfo:
 
 
 @dataclass(frozen=True)
+class EventInfo:
+    """An event in an execution's inbox."""
+
+    name: str
+    key: str | None
+    payload: Any
+    sent_at: datetime
+    #: The journal key of the wait that took it; None while it waits for one.
+    consumed_by: str | None
+
+
+@dataclass(frozen=True)
 class ExecutionInfo:
     id: str
     actor_name: str
@@ -107,6 +121,18 @@ class ExecutionInfo:
     steps: tuple[StepInfo, ...] = ()
     groups: tuple[GroupInfo, ...] = ()
     children: tuple[ChildInfo, ...] = ()
+    inbox: tuple[EventInfo, ...] = ()
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of executions, newest first (``search_executions``)."""
+
+    items: list[ExecutionInfo]
+    #: How many executions match the filters, over every page.
+    total: int
+    #: Pass as ``after`` for the next page; None on the last one.
+    next_cursor: str | None
 
 
 class ExecutionHandle:
@@ -290,6 +316,37 @@ def retry(execution_id: str, *, broker: dramatiq.Broker | None = None) -> None:
             )
 
 
+def rerun(execution_id: str, from_step: str, *, broker: dramatiq.Broker | None = None) -> str:
+    """Run an ended execution again from step ``from_step`` on; return the step's journal key.
+
+    ``from_step`` is a journal key (``step:charge``, as ``get_execution`` lists
+    them) or a step's name (its first occurrence). The entries recorded before
+    it keep their outcomes; it and every later one run again. Raises
+    UnknownExecution, ExecutionFinished if the execution has not ended, and
+    ValueError if it has no such step.
+    """
+    middleware = _middleware(broker)
+    store = middleware.store
+    with store.transaction() as tx:
+        found = store.run(tx, "journal_key_of", id=execution_id, name=from_step)
+        if found is None:
+            if store.run(tx, "execution_status", id=execution_id) is None:
+                raise UnknownExecution(f"cannot rerun: no execution has id {execution_id!r}")
+            raise ValueError(
+                f"execution {execution_id!r} has no step {from_step!r} in its journal: name one "
+                "it recorded (get_execution lists them), or retry it instead"
+            )
+        key = str(found[0])
+        rerun = lifecycle.rerun(store, tx, execution_id, key)
+        if not children.reopen(store, middleware.transport, tx, execution_id, rerun):
+            status = rerun.previous if rerun is not None else "unknown"
+            raise ExecutionFinished(
+                f"cannot rerun execution {execution_id!r}: it is {status}; only an execution "
+                "that ended can run again (cancel it first)"
+            )
+    return key
+
+
 def purge_executions(older_than: timedelta, *, broker: dramatiq.Broker | None = None) -> int:
     """Delete executions that ended more than ``older_than`` ago, with their steps and events.
 
@@ -310,7 +367,10 @@ def get_execution(execution_id: str, *, broker: dramatiq.Broker | None = None) -
     steps = tuple(StepInfo(*step) for step in store.fetchall("get_steps", id=execution_id))
     groups = tuple(_group(*row) for row in store.fetchall("get_groups", id=execution_id))
     children = tuple(ChildInfo(*child) for child in store.fetchall("get_children", id=execution_id))
-    return dataclasses.replace(ExecutionInfo(*row), steps=steps, groups=groups, children=children)
+    inbox = tuple(EventInfo(*event) for event in store.fetchall("get_events", id=execution_id))
+    return dataclasses.replace(
+        ExecutionInfo(*row), steps=steps, groups=groups, children=children, inbox=inbox
+    )
 
 
 def _group(
@@ -344,6 +404,62 @@ def list_executions(
     return [
         ExecutionInfo(*row) for row in store.fetchall("list_executions", status=status, limit=limit)
     ]
+
+
+def search_executions(
+    *,
+    status: str | None = None,
+    actor: str | None = None,
+    id_prefix: str | None = None,
+    created_after: datetime | None = None,
+    created_before: datetime | None = None,
+    finished_after: datetime | None = None,
+    finished_before: datetime | None = None,
+    error: str | None = None,
+    limit: int = 50,
+    after: str | None = None,
+    broker: dramatiq.Broker | None = None,
+) -> Page:
+    """Executions matching every filter given, newest first, a page at a time.
+
+    ``error`` matches text in the error (any case). ``after`` is the previous
+    page's ``next_cursor``; a cursor that is not one raises ValueError.
+    """
+    after_created, after_id = _decode_cursor(after) if after is not None else (None, None)
+    rows = _middleware(broker).store.fetchall(
+        "search_executions",
+        status=status,
+        actor=actor,
+        id_prefix=id_prefix,
+        created_after=created_after,
+        created_before=created_before,
+        finished_after=finished_after,
+        finished_before=finished_before,
+        error=error,
+        limit=limit,
+        after_created=after_created,
+        after_id=after_id,
+    )
+    total = int(rows[0][0])
+    items = [ExecutionInfo(*row[1:]) for row in rows if row[1] is not None]
+    cursor = _encode_cursor(items[-1]) if len(items) == limit else None
+    return Page(items=items, total=total, next_cursor=cursor)
+
+
+def _encode_cursor(last: ExecutionInfo) -> str:
+    text = json.dumps([last.created_at.isoformat(), last.id])
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        created, execution_id = json.loads(base64.urlsafe_b64decode(padded))
+        return datetime.fromisoformat(created), str(execution_id)
+    except (ValueError, TypeError) as e:
+        raise ValueError(
+            f"{cursor!r} is not a page cursor: pass the next_cursor of the page before"
+        ) from e
 
 
 def _middleware(broker: dramatiq.Broker | None) -> DurableMiddleware:

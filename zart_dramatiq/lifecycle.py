@@ -12,6 +12,7 @@ moved it out of ``running``, they match nothing and raise ``Refused``.
                                    ─ continue_as_new ─> pending   (its next generation)
     any active ─ cancel ─> cancelled   (also: its parent ended, for an attached child)
     failed | cancelled | timed_out ─ reopen ─> pending
+    any ended ─ rerun ─> pending   (the journal from a step on is forgotten)
 
 A transaction that touches a parent and its child locks the parent first.
 """
@@ -53,6 +54,7 @@ _ACQUIRE = sorted(ACTIVE)
 _RUN_ONLY = [RUNNING]
 _CANCEL = sorted(ACTIVE)
 _REOPEN = [FAILED, CANCELLED, TIMED_OUT]
+_RERUN = sorted(TERMINAL)
 
 
 @dataclass(frozen=True)
@@ -280,6 +282,15 @@ def _cancel_descendants(store: Store, tx: Transaction, execution_id: str) -> lis
 def reopen(store: Store, tx: Transaction, execution_id: str) -> Reopened | None:
     """failed, cancelled or timed_out -> pending; None if no execution has this id."""
     row = store.run(tx, "reopen", id=execution_id, sources=_REOPEN)
+    return None if row is None else Reopened(previous=row[0], seq=row[1], message=row[2])
+
+
+def rerun(store: Store, tx: Transaction, execution_id: str, step_key: str) -> Reopened | None:
+    """Any ended status -> pending, forgetting journal entry ``step_key`` and those after it.
+
+    None if no execution has this id; a Reopened with no seq if it has not ended.
+    """
+    row = store.run(tx, "rerun_from", id=execution_id, key=step_key, sources=_RERUN)
     return None if row is None else Reopened(previous=row[0], seq=row[1], message=row[2])
 
 

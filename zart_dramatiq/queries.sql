@@ -264,6 +264,51 @@ SELECT id, actor_name, queue_name, status, input, result, error, deadline, waiti
  ORDER BY created_at DESC
  LIMIT %(limit)s
 
+-- name: search_executions
+-- One page of executions, newest first, after the keyset cursor (created_at, id)
+-- when given, with how many match over every page; every filter is optional.
+-- An empty page is one row of NULLs with the total.
+WITH matching AS MATERIALIZED (
+    SELECT created_at, id FROM {schema}.executions
+     WHERE (%(status)s::text IS NULL OR status = %(status)s)
+       AND (%(actor)s::text IS NULL OR actor_name = %(actor)s)
+       AND (%(id_prefix)s::text IS NULL OR starts_with(id, %(id_prefix)s))
+       AND (%(created_after)s::timestamptz IS NULL OR created_at >= %(created_after)s)
+       AND (%(created_before)s::timestamptz IS NULL OR created_at < %(created_before)s)
+       AND (%(finished_after)s::timestamptz IS NULL OR finished_at >= %(finished_after)s)
+       AND (%(finished_before)s::timestamptz IS NULL OR finished_at < %(finished_before)s)
+       AND (%(error)s::text IS NULL OR error::text ILIKE '%%' || %(error)s || '%%')
+), page AS (
+    SELECT id FROM matching
+     WHERE %(after_created)s::timestamptz IS NULL
+        OR (created_at, id) < (%(after_created)s, %(after_id)s::text)
+     ORDER BY created_at DESC, id DESC
+     LIMIT %(limit)s
+)
+SELECT (SELECT count(*) FROM matching),
+       e.id, e.actor_name, e.queue_name, e.status, e.input, e.result, e.error, e.deadline,
+       e.waiting_for, e.wake_at, e.runs, e.generation, e.created_at, e.updated_at,
+       e.finished_at, e.parent_id, e.detached
+  FROM (SELECT 1) AS one
+  LEFT JOIN (page JOIN {schema}.executions AS e USING (id)) ON true
+ ORDER BY e.created_at DESC, e.id DESC
+
+-- name: get_events
+-- An execution's inbox in arrival order: consumed_by names the wait that took
+-- an event, NULL while it is kept for a later wait.
+SELECT name, key, payload, sent_at, consumed_by
+  FROM {schema}.events
+ WHERE execution_id = %(id)s
+ ORDER BY id
+
+-- name: open_executions
+-- Executions not ended, by status and actor (the metrics): read through the
+-- index of active executions, never the ended ones.
+SELECT status, actor_name, count(*)
+  FROM {schema}.executions
+ WHERE status IN ('pending', 'running', 'sleeping', 'waiting', 'retrying')
+ GROUP BY status, actor_name
+
 -- name: execution_status
 SELECT status, result, error FROM {schema}.executions WHERE id = %(id)s
 
@@ -326,6 +371,41 @@ WITH target AS (
 )
 SELECT target.status, reopened.wake_seq, reopened.resume_message
   FROM target LEFT JOIN reopened ON true
+
+-- name: journal_key_of
+-- The journal key a name designates: the key itself, else the first entry so named.
+SELECT step_key FROM {schema}.steps
+ WHERE execution_id = %(id)s AND (step_key = %(name)s OR name = %(name)s)
+ ORDER BY step_key = %(name)s DESC, started_at, step_key
+ LIMIT 1
+
+-- name: rerun_from
+-- Any ended status -> pending: journal entry %(key)s and every entry recorded
+-- after it are forgotten (with their groups), so they run again; the entries
+-- before it keep their outcomes. The deadline restarts with the same length.
+WITH target AS (
+    SELECT id, status FROM {schema}.executions WHERE id = %(id)s FOR UPDATE
+), anchor AS (
+    SELECT started_at FROM {schema}.steps WHERE execution_id = %(id)s AND step_key = %(key)s
+), forgotten AS (
+    DELETE FROM {schema}.steps AS s USING target, anchor
+     WHERE s.execution_id = target.id AND target.status = ANY(%(sources)s)
+       AND (s.started_at > anchor.started_at OR s.step_key = %(key)s)
+    RETURNING s.step_key
+), groups_forgotten AS (
+    DELETE FROM {schema}.step_groups AS g USING forgotten
+     WHERE g.execution_id = %(id)s AND g.group_key = forgotten.step_key
+), rerun AS (
+    UPDATE {schema}.executions AS e
+       SET status = 'pending', result = NULL, error = NULL, finished_at = NULL,
+           finished_by = NULL, wake_seq = e.wake_seq + 1, updated_at = now(),
+           deadline = statement_timestamp() + (e.deadline - e.created_at)
+      FROM target
+     WHERE e.id = target.id AND target.status = ANY(%(sources)s)
+    RETURNING e.wake_seq, e.resume_message
+)
+SELECT target.status, rerun.wake_seq, rerun.resume_message
+  FROM target LEFT JOIN rerun ON true
 
 -- name: purge_executions
 -- One batch of up to %(limit)s ended executions older than the retention, oldest
