@@ -69,9 +69,7 @@ def pending_migrations(db: Database) -> list[str]:
             query = sql.SQL("SELECT version FROM {}.schema_migrations")
             rows = conn.execute(query.format(sql.Identifier(db.schema))).fetchall()
             applied = {version for (version,) in rows}
-    return [
-        f"{m.version:04d}_{m.name}" for m in available_migrations() if m.version not in applied
-    ]
+    return [f"{m.version:04d}_{m.name}" for m in available_migrations() if m.version not in applied]
 
 
 def apply_migrations(db: Database) -> list[str]:

@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from standardwebhooks import Webhook
 
 import zart_dramatiq as zart
-from tests.support import Effects
+from tests.support import Effects, wait_until
 from zart_dramatiq.api_keys import ApiKeys
 from zart_dramatiq.http import create_app
 from zart_dramatiq.middleware import middleware_for
@@ -273,6 +273,9 @@ def test_probes_metrics_and_openapi(api, keys) -> None:
     api.post("/api/v1/executions", json={"actor": "nap"}, headers=keys("admin"))
     metrics = api.get("/metrics", headers=keys("read")).text
     assert 'zart_open_executions{actor="nap",status="pending"} 1.0' in metrics
+    # No worker runs here: its first message waits in the queue.
+    assert 'zart_queue_messages{queue="default",state="queued"} 1.0' in metrics
+    assert 'zart_dead_letters{queue="default"} 0.0' in metrics
     spec = api.get("/openapi.json").json()
     assert "/api/v1/executions/{execution_id}/events/{name}" in spec["paths"]
 
@@ -427,3 +430,43 @@ def test_zart_dramatiq_serve_runs_the_app(processes, schema, broker) -> None:
     )
     assert (listed.status_code, listed.json()["total"]) == (200, 0)
     assert httpx.get(f"{base}/api/v1/executions", timeout=10).status_code == 401
+
+
+def test_workers_count_executions_steps_and_wake_ups(broker, worker) -> None:
+    from prometheus_client import REGISTRY
+
+    def sample(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    @zart.durable(actor_name="metered")
+    def metered() -> int:
+        value = zart.step("one", lambda: 1)
+        zart.sleep("pause", 0.05)
+        return value
+
+    before = {
+        "started": sample("zart_executions_started_total", actor="metered"),
+        "completed": sample("zart_executions_ended_total", actor="metered", status="completed"),
+        "attempts": sample("zart_step_attempts_total", actor="metered", outcome="completed"),
+        "late": sample("zart_wakeup_lateness_seconds_count", actor="metered"),
+        "durations": sample(
+            "zart_execution_duration_seconds_count", actor="metered", status="completed"
+        ),
+    }
+    assert zart.start(metered).result(timeout=20) == 1
+    wait_until(
+        lambda: (
+            sample("zart_executions_ended_total", actor="metered", status="completed")
+            > before["completed"]
+        ),
+        message="the end to be counted",
+    )
+    assert sample("zart_executions_started_total", actor="metered") == before["started"] + 1
+    assert sample("zart_step_attempts_total", actor="metered", outcome="completed") == (
+        before["attempts"] + 1
+    )
+    assert sample("zart_wakeup_lateness_seconds_count", actor="metered") == before["late"] + 1
+    assert (
+        sample("zart_execution_duration_seconds_count", actor="metered", status="completed")
+        == before["durations"] + 1
+    )

@@ -75,6 +75,10 @@ class Acquired:
     generation: int
     parent_id: str | None
     journal: list[dict[str, Any]]
+    #: Seconds since the execution was created.
+    age_s: float = 0.0
+    #: Seconds since the wake-up time it was suspended until, if any.
+    lateness_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -150,7 +154,13 @@ def acquire(store: Store, execution_id: str, seq: int, worker_id: UUID) -> Acqui
         return None
     assert journal is not None
     return Acquired(
-        token=row[0], expired=row[1], generation=row[2], parent_id=row[3], journal=journal[0]
+        token=row[0],
+        expired=row[1],
+        generation=row[2],
+        parent_id=row[3],
+        journal=journal[0],
+        age_s=row[4],
+        lateness_s=row[5],
     )
 
 

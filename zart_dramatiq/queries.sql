@@ -31,7 +31,10 @@ UPDATE {schema}.executions AS e
 RETURNING e.runs,
           e.deadline IS NOT NULL AND e.deadline <= statement_timestamp() AS expired,
           e.generation,
-          e.parent_id
+          e.parent_id,
+          extract(epoch FROM statement_timestamp() - e.created_at)::float8 AS age_s,
+          -- How late a wake-up at a time is served (negative: woken early, by an event).
+          extract(epoch FROM statement_timestamp() - e.wake_at)::float8 AS lateness_s
 
 -- name: journal
 -- The whole journal of the run that acquire just started, read by a statement

@@ -84,6 +84,12 @@ class Run:
     #: Errors raised from recorded failures: if the body ends with one, it ends failed.
     final_errors: list[BaseException] = field(default_factory=list)
     started: float = field(default_factory=time.monotonic)
+    #: The execution's age when this run took it, in seconds.
+    age_s: float = 0.0
+
+    @property
+    def actor(self) -> str:
+        return str(self.delivery.actor_name)
 
     @property
     def ref(self) -> RunRef:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -35,6 +36,7 @@ from .branches import BranchRunner, is_branch
 from .errors import NonDeterminismError, SerializationError
 from .joins import child_ended, discard_wakeups
 from .limits import Limits
+from .metrics import observe
 from .run import (
     EXECUTION_ID,
     SEQ,
@@ -175,12 +177,17 @@ class Runner:
             token=acquired.token,
             generation=acquired.generation,
             parent_id=acquired.parent_id,
+            age_s=acquired.age_s,
             delivery=delivery,
             store=self.store,
             transport=self.transport,
             journal={entry["key"]: entry for entry in acquired.journal},
             limits=self.limits,
         )
+        if acquired.token == 1:
+            observe("started", actor=actor.actor_name)
+        elif seq > 0 and acquired.lateness_s is not None and acquired.lateness_s >= 0:
+            observe("wakeup_lateness", acquired.lateness_s, actor=actor.actor_name)
         if acquired.expired:
             self._time_out(run)
         return run
@@ -270,6 +277,8 @@ class Runner:
         """Pause for a retry, or fail for good; raises a Paused when it did not fail."""
         if isinstance(error, DatabaseUnavailable):
             raise self._abandon(run.delivery, run.execution_id, error) from error
+        if isinstance(error, NonDeterminismError):
+            observe("nondeterminism", actor=run.actor)
         delay_ms = None if _is_final(error, run) else retry_delay_ms(actor, run.delivery, error)
         if delay_ms is None:
             self._end(run, lifecycle.FAILED, error=error_to_json(error))
@@ -317,6 +326,9 @@ class Runner:
             self.transport.settle(tx, run.delivery)
 
         self._commit(run, finish)
+        observe("ended", actor=run.actor, status=status)
+        age = run.age_s + (time.monotonic() - run.started)
+        observe("execution_seconds", age, actor=run.actor, status=status)
 
     def _time_out(self, run: Run) -> None:
         self._end(

@@ -12,6 +12,7 @@ from typing import Any, NoReturn, TypeVar, overload
 
 from .errors import NonDeterminismError, StepResultTooLarge
 from .limits import json_size
+from .metrics import observe
 from .retry_policy import NO_RETRY, Retry
 from .run import Run, current_run, in_execution
 from .serialization import dump, error_from_json, error_to_json, load, type_hints
@@ -92,6 +93,7 @@ def _attempt(
                 value = fn(*args, **kwargs)
         except Exception as error:
             wait = retry.next_wait(attempts, error, time.monotonic() - first_started)
+            _observe_attempt(run, "failed" if wait is None else "retrying", started)
             if wait is None:
                 return _fail(run, key, name, fn_name, annotation, error, attempts, started)
             if wait <= retry.max_inline_wait.total_seconds():
@@ -99,6 +101,7 @@ def _attempt(
                 continue
             # A long backoff frees the thread: resume when the next attempt is due.
             _pause_for_retry(run, key, name, fn_name, error, attempts, started, wait)
+        _observe_attempt(run, "completed", started)
         data = dump(value, annotation, what=f"step {name!r}")
         size = json_size(data)
         if size > run.limits.payload_bytes:
@@ -119,6 +122,11 @@ def _attempt(
             return value
         # Another run recorded this step first: its outcome is the one that counts.
         return recorded_outcome(run, name, asdict(recorded), annotation)
+
+
+def _observe_attempt(run: Run, outcome: str, started: float) -> None:
+    observe("step_attempts", actor=run.actor, outcome=outcome)
+    observe("step_seconds", time.monotonic() - started, actor=run.actor)
 
 
 def _fail(

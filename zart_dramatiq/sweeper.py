@@ -29,6 +29,7 @@ from broker_pg import DatabaseUnavailable
 
 from . import lifecycle
 from .lifecycle import RunRef
+from .metrics import observe
 from .retention import ExecutionRetention
 from .run import EXECUTION_ID, SEQ, continuation, send_resume
 from .runner import LocalRuns
@@ -120,6 +121,7 @@ class Sweeper:
 
         resumed = self.store.atomically(abandon)
         if resumed:
+            observe("leases_lost")
             logger.warning(
                 "Execution %r: its run ended without recording its end (its worker was lost, "
                 "or the database was unreachable); resuming it from its journal.",

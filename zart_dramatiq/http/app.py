@@ -168,23 +168,43 @@ def readyz(request: Request, response: Response) -> models.Readiness:
 def metrics(request: Request) -> Response:
     """Prometheus metrics, read from the database at each scrape."""
     registry = CollectorRegistry(auto_describe=True)
-    registry.register(_OpenExecutions(_context(request).middleware))
+    registry.register(_FromDatabase(_context(request)))
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
 
-class _OpenExecutions(Collector):
-    def __init__(self, middleware: DurableMiddleware) -> None:
-        self.middleware = middleware
+class _FromDatabase(Collector):
+    """Gauges read at each scrape: open executions, and broker_pg's queues."""
+
+    def __init__(self, context: _Context) -> None:
+        self.context = context
 
     def collect(self) -> Any:
-        gauge = GaugeMetricFamily(
+        open_executions = GaugeMetricFamily(
             "zart_open_executions",
             "Executions not ended, by status and actor",
             labels=["status", "actor"],
         )
-        for status, actor, count in self.middleware.store.fetchall("open_executions"):
-            gauge.add_metric([status, actor], count)
-        yield gauge
+        for status, actor, count in self.context.middleware.store.fetchall("open_executions"):
+            open_executions.add_metric([status, actor], count)
+        yield open_executions
+        broker = self.context.broker
+        if not isinstance(broker, PostgresBroker):
+            return
+        depth = GaugeMetricFamily(
+            "zart_queue_messages", "Messages by queue and state", labels=["queue", "state"]
+        )
+        oldest = GaugeMetricFamily(
+            "zart_queue_oldest_due_seconds",
+            "How long the oldest message due now has waited",
+            labels=["queue"],
+        )
+        dead = GaugeMetricFamily("zart_dead_letters", "Dead letters by queue", labels=["queue"])
+        for q in broker.queue_stats():
+            for state in ("queued", "delayed", "parked", "claimed"):
+                depth.add_metric([q.queue_name, state], getattr(q, state))
+            oldest.add_metric([q.queue_name], q.oldest_due_s or 0.0)
+            dead.add_metric([q.queue_name], q.dead_letters)
+        yield from (depth, oldest, dead)
 
 
 # -- Executions --------------------------------------------------------------------

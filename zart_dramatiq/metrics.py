@@ -1,0 +1,94 @@
+"""Prometheus metrics of the durable executions a worker runs (with prometheus_client).
+
+They follow Dramatiq's own Prometheus middleware: created on first use, in
+the worker process, so that with ``dramatiq.middleware.Prometheus`` installed
+they go to its multiprocess store and are served with Dramatiq's metrics on
+its port. Without prometheus_client installed, nothing is counted.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+#: Seconds: from a step of a few milliseconds to an execution of a day.
+_BUCKETS = (0.005, 0.025, 0.1, 0.5, 1, 5, 30, 120, 600, 3600, 86400)
+
+
+class Metrics:
+    """The counters and histograms of durable executions, labelled by actor."""
+
+    def __init__(self) -> None:
+        from prometheus_client import Counter, Histogram
+
+        self.started = Counter(
+            "zart_executions_started_total", "Executions whose first run began", ["actor"]
+        )
+        self.ended = Counter(
+            "zart_executions_ended_total",
+            "Executions that ended, by status (completed, failed, timed_out)",
+            ["actor", "status"],
+        )
+        self.execution_seconds = Histogram(
+            "zart_execution_duration_seconds",
+            "From an execution's creation to its end",
+            ["actor", "status"],
+            buckets=_BUCKETS,
+        )
+        self.step_attempts = Counter(
+            "zart_step_attempts_total",
+            "Attempts of step functions, by outcome (completed, failed, retrying)",
+            ["actor", "outcome"],
+        )
+        self.step_seconds = Histogram(
+            "zart_step_duration_seconds",
+            "One attempt of a step function",
+            ["actor"],
+            buckets=_BUCKETS,
+        )
+        self.nondeterminism = Counter(
+            "zart_nondeterminism_errors_total",
+            "Replays that met code other than the journal recorded",
+            ["actor"],
+        )
+        self.wakeup_lateness = Histogram(
+            "zart_wakeup_lateness_seconds",
+            "How late a sleeping or backing-off execution ran after its wake-up time",
+            ["actor"],
+            buckets=(0.001, 0.005, 0.025, 0.1, 0.5, 1, 5, 30, 120),
+        )
+        self.leases_lost = Counter(
+            "zart_runs_taken_over_total",
+            "Runs resumed from their journal after their worker was presumed lost",
+        )
+
+
+_lock = threading.Lock()
+_metrics: Metrics | None = None
+_unavailable = False
+
+
+def _get() -> Metrics | None:
+    """The metrics, created by the first thread to need them; None without prometheus_client."""
+    global _metrics, _unavailable
+    if _metrics is None and not _unavailable:
+        with _lock:
+            if _metrics is None and not _unavailable:
+                try:
+                    _metrics = Metrics()
+                except ImportError:
+                    _unavailable = True
+    return _metrics
+
+
+def observe(name: str, value: float | None = None, **labels: Any) -> None:
+    """Count one ``name`` event (or observe ``value``), if metrics are on."""
+    metrics = _get()
+    if metrics is None:
+        return
+    metric = getattr(metrics, name)
+    child = metric.labels(**labels) if labels else metric
+    if value is None:
+        child.inc()
+    else:
+        child.observe(value)
