@@ -35,6 +35,7 @@ from .run import EXECUTION_ID, continuation, end_quietly
 from .serialization import convert_arguments, dump, error_to_json, load, type_hints
 from .signals import Abandoned, BranchEnded
 from .store import Store, Transaction
+from .tracing import span
 from .transport import Transport
 
 logger = logging.getLogger(__name__)
@@ -107,7 +108,14 @@ class BranchRunner:
                 raise BranchEnded(f"branch {key}[{index}] of {execution_id!r} has nothing to run")
             if not self.transport.atomic:
                 self.store.write("touch_branch", **where)
-            outcome = self._attempts(spec, args, kwargs, attempts=attempts, elapsed=elapsed or 0.0)
+            with span(
+                f"zart.branch {key}[{index}]",
+                delivery.options,
+                **{"zart.execution_id": execution_id, "zart.function": spec["fn"]},
+            ):
+                outcome = self._attempts(
+                    spec, args, kwargs, attempts=attempts, elapsed=elapsed or 0.0
+                )
             self._bookkeeping.submit(Settlement(delivery, where, outcome))
         except DatabaseUnavailable as error:
             logger.warning(

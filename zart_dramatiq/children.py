@@ -24,6 +24,7 @@ from .run import EXECUTION_ID, SEQ, Run, continuation, current_run
 from .serialization import error_from_json, input_hash, load
 from .signals import Refused
 from .store import Store, Transaction
+from .tracing import TRACE, carrier
 from .transport import Transport
 
 
@@ -95,7 +96,8 @@ def start_child(
     # A journal key is unique within a generation only: later generations name theirs apart.
     scope = run.execution_id if run.generation == 0 else f"{run.execution_id}/gen{run.generation}"
     child_id = execution_id or f"{scope}/{key}"
-    message = continuation(message, **{EXECUTION_ID: child_id, SEQ: 0})
+    # The child's runs join this run's trace.
+    message = continuation(message, **{EXECUTION_ID: child_id, SEQ: 0, TRACE: carrier()})
     parent = ParentLink(run.execution_id, key, detached)
 
     def start(tx: Transaction) -> None:

@@ -27,6 +27,7 @@ from .middleware import DurableMiddleware, middleware_for
 from .run import EXECUTION_ID, SEQ, continuation
 from .serialization import dump, input_hash, load
 from .store import RESULT_WAITER
+from .tracing import TRACE, carrier
 
 
 @dataclass(frozen=True)
@@ -205,7 +206,8 @@ def start(
     store = middleware.store
     message = actor.message_with_options(args=args, kwargs=kwargs)
     execution_id = execution_id or message.message_id
-    message = continuation(message, **{EXECUTION_ID: execution_id, SEQ: 0})
+    # Its runs join the caller's trace, if the caller is in one.
+    message = continuation(message, **{EXECUTION_ID: execution_id, SEQ: 0, TRACE: carrier()})
     with store.transaction() as tx:
         if not lifecycle.create(store, tx, execution_id, actor, message):
             existing = store.run(tx, "execution_identity", id=execution_id)

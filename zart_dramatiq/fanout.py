@@ -26,6 +26,7 @@ from .retry_policy import NO_RETRY, Retry
 from .run import EXECUTION_ID, Run, current_run
 from .serialization import convert_arguments, dump, error_from_json, load, type_hints
 from .store import Transaction
+from .tracing import TRACE, carrier
 
 T = TypeVar("T")
 
@@ -198,6 +199,7 @@ def _message(run: Run, key: str, index: int, c: Call) -> dramatiq.Message[Any]:
         kwargs=kwargs,
         options={
             EXECUTION_ID: run.execution_id,
+            TRACE: carrier(),
             BRANCH: {
                 "group": key,
                 "index": index,

@@ -50,6 +50,7 @@ from .run import (
 from .serialization import dump, error_to_json
 from .signals import Abandoned, DeadlinePassed, Paused, Refused, Stopped, Suspended
 from .store import Store, Transaction
+from .tracing import span
 from .transport import Transport
 
 if TYPE_CHECKING:
@@ -244,7 +245,16 @@ class Runner:
         try:
             try:
                 loaded_args, loaded_kwargs = actor.load_arguments(args, kwargs)
-                value = actor.fn(*loaded_args, **loaded_kwargs)
+                with span(
+                    f"zart.run {actor.actor_name}",
+                    run.delivery.options,
+                    **{
+                        "zart.execution_id": run.execution_id,
+                        "zart.run": run.token,
+                        "zart.generation": run.generation,
+                    },
+                ):
+                    value = actor.fn(*loaded_args, **loaded_kwargs)
                 run.ensure_active()  # the body swallowed a Suspended and returned
                 data = dump(
                     value, actor.return_annotation, what=f"the result of {actor.actor_name}"

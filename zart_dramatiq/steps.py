@@ -17,6 +17,7 @@ from .retry_policy import NO_RETRY, Retry
 from .run import Run, current_run, in_execution
 from .serialization import dump, error_from_json, error_to_json, load, type_hints
 from .store import Transaction
+from .tracing import span
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -89,7 +90,10 @@ def _attempt(
         attempts += 1
         started = time.monotonic()
         try:
-            with run.running_step(name):
+            with (
+                run.running_step(name),
+                span(f"zart.step {name}", **{"zart.step": key, "zart.attempt": attempts}),
+            ):
                 value = fn(*args, **kwargs)
         except Exception as error:
             wait = retry.next_wait(attempts, error, time.monotonic() - first_started)
