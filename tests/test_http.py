@@ -280,7 +280,7 @@ def test_probes_metrics_and_openapi(api, keys) -> None:
     assert "/api/v1/executions/{execution_id}/events/{name}" in spec["paths"]
 
 
-def test_readyz_fails_on_a_schema_that_misses_migrations(broker, unmigrated_schema) -> None:
+def test_readyz_fails_on_a_schema_that_misses_migrations(broker, unmigrated_schema, keys) -> None:
     import dramatiq
 
     from broker_pg import PostgresBroker
@@ -290,8 +290,14 @@ def test_readyz_fails_on_a_schema_that_misses_migrations(broker, unmigrated_sche
         dramatiq.set_broker(other)
         with TestClient(create_app(other)) as api:
             ready = api.get("/readyz")
+            well_formed = f"zk_{'0' * 12}_{'A' * 43}"
+            listed = api.get(
+                "/api/v1/executions", headers={"Authorization": f"Bearer {well_formed}"}
+            )
         assert ready.status_code == 503
         assert "zart-dramatiq migrate" in ready.json()["status"]
+        # Not a 401 for a key it could not check: the schema is missing, and it says so.
+        assert (listed.status_code, error_code(listed)) == (503, "schema_missing")
     finally:
         dramatiq.set_broker(broker)
         other.close()

@@ -10,6 +10,8 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from broker_pg import DatabaseUnavailable, SchemaMissing
+
 from ..errors import (
     ExecutionConflict,
     ExecutionFinished,
@@ -60,6 +62,16 @@ def install(app: FastAPI) -> None:
             if isinstance(error, kind):
                 return error_response(status, code, str(error))
         return error_response(400, "rejected", str(error))
+
+    @app.exception_handler(DatabaseUnavailable)
+    async def unavailable(request: Request, error: DatabaseUnavailable) -> JSONResponse:
+        return error_response(
+            503, "database_unavailable", f"{error} Try again once the database answers."
+        )
+
+    @app.exception_handler(SchemaMissing)
+    async def unmigrated(request: Request, error: SchemaMissing) -> JSONResponse:
+        return error_response(503, "schema_missing", str(error))
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, error: RequestValidationError) -> JSONResponse:
