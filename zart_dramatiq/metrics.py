@@ -1,15 +1,18 @@
 """Prometheus metrics of the durable executions a worker runs (with prometheus_client).
 
-They follow Dramatiq's own Prometheus middleware: created on first use, in
-the worker process, so that with ``dramatiq.middleware.Prometheus`` installed
+They follow Dramatiq's own Prometheus middleware: created as the worker
+process boots, after it, so that with ``dramatiq.middleware.Prometheus`` installed
 they go to its multiprocess store and are served with Dramatiq's metrics on
 its port. Without prometheus_client installed, nothing is counted.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from typing import Any
+
+logger = logging.getLogger(__name__)
 
 #: Seconds: from a step of a few milliseconds to an execution of a day.
 _BUCKETS = (0.005, 0.025, 0.1, 0.5, 1, 5, 30, 120, 600, 3600, 86400)
@@ -68,8 +71,12 @@ _metrics: Metrics | None = None
 _unavailable = False
 
 
-def _get() -> Metrics | None:
-    """The metrics, created by the first thread to need them; None without prometheus_client."""
+def prepare() -> Metrics | None:
+    """Create the metrics, once per process; None without prometheus_client.
+
+    The middleware calls it as the worker boots, outside any run: a TimeLimit
+    landing in the middle of creating them would leave half of them registered.
+    """
     global _metrics, _unavailable
     if _metrics is None and not _unavailable:
         with _lock:
@@ -78,17 +85,27 @@ def _get() -> Metrics | None:
                     _metrics = Metrics()
                 except ImportError:
                     _unavailable = True
+                except ValueError:
+                    # Registered before, by a creation that did not finish.
+                    logger.warning("Durable execution metrics are off.", exc_info=True)
+                    _unavailable = True
     return _metrics
 
 
 def observe(name: str, value: float | None = None, **labels: Any) -> None:
-    """Count one ``name`` event (or observe ``value``), if metrics are on."""
-    metrics = _get()
+    """Count one ``name`` event (or observe ``value``), if metrics are on.
+
+    Counting never fails a run: an error here is logged, not raised.
+    """
+    metrics = prepare()
     if metrics is None:
         return
-    metric = getattr(metrics, name)
-    child = metric.labels(**labels) if labels else metric
-    if value is None:
-        child.inc()
-    else:
-        child.observe(value)
+    try:
+        metric = getattr(metrics, name)
+        child = metric.labels(**labels) if labels else metric
+        if value is None:
+            child.inc()
+        else:
+            child.observe(value)
+    except Exception:
+        logger.warning("Could not count %s %s.", name, labels, exc_info=True)

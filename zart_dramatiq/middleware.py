@@ -30,6 +30,7 @@ from broker_pg.listener import Listener
 from broker_pg.presence import WorkerPresence
 from broker_pg.sqlfile import Queries
 
+from . import metrics
 from .errors import ZartError
 from .limits import DEFAULT_LIMITS, Limits
 from .run import SEQ
@@ -200,6 +201,7 @@ class DurableMiddleware(dramatiq.Middleware):
 
     def after_worker_boot(self, broker: dramatiq.Broker, worker: Any) -> None:
         self.bind(broker)
+        metrics.prepare()  # before any run, where a TimeLimit could cut it short
         if not self.transport.atomic:
             self._own_presence()  # heartbeats for the bodies this worker runs
         self.sweeper.start()
