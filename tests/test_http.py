@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -476,3 +477,17 @@ def test_workers_count_executions_steps_and_wake_ups(broker, worker) -> None:
         sample("zart_execution_duration_seconds_count", actor="metered", status="completed")
         == before["durations"] + 1
     )
+
+
+def test_counting_never_fails_a_run_even_when_metrics_could_not_be_created(
+    monkeypatch,
+) -> None:
+    from zart_dramatiq import metrics
+
+    monkeypatch.setattr(metrics, "_metrics", None)
+    monkeypatch.setattr(metrics, "_unavailable", False)
+    # As a creation cut short by a TimeLimit leaves them: registered, but not kept.
+    with contextlib.suppress(ValueError):
+        metrics.Metrics()
+    assert metrics.prepare() is None
+    metrics.observe("started", actor="any")  # a no-op, not an error
