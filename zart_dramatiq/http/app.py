@@ -28,6 +28,7 @@ from ..errors import ExecutionFailed, ResultTimeout
 from ..lifecycle import STATUSES, TERMINAL
 from ..middleware import DurableMiddleware, middleware_for
 from . import errors, models
+from .dashboard import install as install_dashboard
 from .errors import ApiError
 
 #: The longest a result request may wait, in seconds.
@@ -53,6 +54,8 @@ def create_app(
     max_body_bytes: int = 1 << 20,
     cors_origins: Sequence[str] = (),
     webhook_secret: str | None = None,
+    dashboard: bool = True,
+    dashboard_secret: str | bytes | None = None,
 ) -> FastAPI:
     """The HTTP API for the executions of ``broker`` (by default the global broker).
 
@@ -61,7 +64,10 @@ def create_app(
     unless ``auth=False``. Bodies past ``max_body_bytes`` are refused (413).
     No cross-origin access unless ``cors_origins`` lists the origins allowed.
     With ``webhook_secret`` (``whsec_...``), ``/api/v1/webhooks/...`` takes events
-    signed as Standard Webhooks sign them, instead of an API key.
+    signed as Standard Webhooks sign them, instead of an API key. The dashboard
+    is served at ``/`` unless ``dashboard=False``; its sessions are signed with
+    ``dashboard_secret`` (else ``ZART_DASHBOARD_SECRET``, else a secret of this
+    process: set one when several processes serve the app).
     Mount it in an application of your own with ``app.mount("/zart", create_app())``.
     """
     broker = broker or dramatiq.get_broker()
@@ -90,6 +96,8 @@ def create_app(
     app.include_router(_probes)
     app.include_router(_api)
     app.include_router(_queues)
+    if dashboard:
+        install_dashboard(app, secret=dashboard_secret)
     return app
 
 
