@@ -119,18 +119,19 @@ class Store:
     ) -> tuple[tuple[Any, ...] | None, tuple[Any, ...] | None]:
         """``write``, then ``read`` by a statement of its own: it sees what ``write`` waited for.
 
-        One transaction, sent in one round trip (a pipeline); tried again through
-        transient errors, like ``write``.
+        One transaction; tried again through transient errors, like ``write``.
         """
         return self._retried(self._write_then_read_once, write, read, self._params(params))
 
     def _write_then_read_once(
         self, write: str, read: str, params: dict[str, Any]
     ) -> tuple[tuple[Any, ...] | None, tuple[Any, ...] | None]:
-        with self.db.connection() as conn, conn.pipeline(), conn.transaction():
-            written = conn.execute(self.queries[write], params)
-            got = conn.execute(self.queries[read], params)
-        return _first(written), _first(got)
+        # Not a pipeline: one cut by an asynchronous exception (TimeLimit) left its
+        # connection unusable in the pool, and the workers' threads stuck on it.
+        with self.db.connection() as conn, conn.transaction():
+            written = _first(conn.execute(self.queries[write], params))
+            got = _first(conn.execute(self.queries[read], params))
+        return written, got
 
     def atomically(self, unit: Callable[[Transaction], T]) -> T:
         """Run ``unit`` in a transaction of its own, again from the start on transient errors.

@@ -147,7 +147,7 @@ def test_a_resumed_body_loads_its_journal_in_one_transaction(broker, worker, mon
     wait_until(lambda: handle.status() == "sleeping", timeout=15, message="the pause")
     resumed.set()
     assert handle.result(timeout=15) == 45
-    # acquire and its journal (one round trip), the sleep's completion, the finish:
+    # acquire and its journal (one transaction), the sleep's completion, the finish:
     # ten steps cost nothing.
     assert statements == ["acquire, then journal", "record_step", "finish"]
 
