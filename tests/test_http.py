@@ -134,6 +134,18 @@ def test_an_event_over_http_completes_a_waiting_execution_once(api, keys, worker
     assert (duplicate.status_code, duplicate.json()) == (202, {"stored": False})
     done = api.get("/api/v1/executions/ap-7/result", params={"timeout": 20}, headers=admin)
     assert done.json()["result"] == "order 7: approved"
+    # A webhook redelivered after the execution ended is still answered as a duplicate.
+    late = api.post(
+        "/api/v1/executions/ap-7/events/decision",
+        json={"verdict": "approved"},
+        params={"key": "hook-1"},
+        headers=events,
+    )
+    assert (late.status_code, late.json()) == (202, {"stored": False})
+    other = api.post(
+        "/api/v1/executions/ap-7/events/decision", json={}, params={"key": "new"}, headers=events
+    )
+    assert (other.status_code, error_code(other)) == (409, "execution_finished")
     inbox = api.get("/api/v1/executions/ap-7", headers=admin).json()["inbox"]
     assert [(e["name"], e["key"], e["payload"]) for e in inbox] == [
         ("decision", "hook-1", {"verdict": "approved"})

@@ -251,9 +251,10 @@ def send_event(
     """Deliver event ``name`` to an execution's inbox and wake it if it waits for it.
 
     Returns False when an event with the same ``key`` was already delivered
-    (it is stored once). Raises UnknownExecution, or ExecutionFinished if the
-    execution ended — except a failed one, whose inbox still takes events: a
-    corrected event followed by ``retry`` resumes it. A payload larger than the
+    (it is stored once), also once the execution has ended. Raises
+    UnknownExecution, or ExecutionFinished if the execution ended — except a
+    failed one, whose inbox still takes events: a corrected event followed by
+    ``retry`` resumes it. A payload larger than the
     middleware's ``Limits.payload_bytes`` raises PayloadTooLarge, storing nothing.
     """
     middleware = _middleware(broker)
@@ -268,6 +269,8 @@ def send_event(
             )
         status, waiting_for, wake_message, _seq, resume_message = row
         if status in TERMINAL and status != lifecycle.FAILED:
+            if key is not None and store.run(tx, "event_key_taken", id=execution_id, key=key):
+                return False  # a redelivery of an event it took: already stored, as answered
             raise ExecutionFinished(
                 f"cannot send event {name!r}: execution {execution_id!r} already ended {status}"
             )

@@ -248,6 +248,9 @@ VALUES (%(id)s, %(name)s, %(key)s, %(payload)s)
 ON CONFLICT (execution_id, key) DO NOTHING
 RETURNING id
 
+-- name: event_key_taken
+SELECT 1 FROM {schema}.events WHERE execution_id = %(id)s AND key = %(key)s
+
 -- name: get_execution
 SELECT id, actor_name, queue_name, status, input, result, error, deadline, waiting_for,
        wake_at, runs, generation, created_at, updated_at, finished_at, parent_id, detached
