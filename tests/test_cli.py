@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import sys
 import threading
+import types
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -652,3 +654,44 @@ def test_executions_show_summarises_a_group_of_ten_thousand_branches(
         ["waiting", "yes"],
     ]
     assert len(cli.json("executions", "show", execution_id)["children"]) == 25
+
+
+def test_pause_resume_and_rerun_from_the_command_line(
+    cli: Cli,
+    capsys: pytest.CaptureFixture[str],
+    broker: PostgresBroker,
+    start_worker: Callable[..., Worker],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    @zart.durable(actor_name="ledger")
+    def ledger() -> str:
+        zart.step("debit", lambda: "debited")
+        zart.wait_for_event("approve")
+        return zart.step("credit", lambda: "credited")
+
+    start_worker(broker)
+    zart.start(ledger, execution_id="ledger-1")
+    wait_until(lambda: _status(cli, "ledger-1") == "waiting", message="the wait")
+    assert "paused execution 'ledger-1'" in cli.ok("executions", "pause", "ledger-1")
+    assert "paused" in cli.ok("executions", "show", "ledger-1")
+    zart.send_event("ledger-1", "approve", None)
+    assert cli.ok("executions", "resume", "ledger-1").startswith("resumed execution 'ledger-1'")
+    wait_until(lambda: _status(cli, "ledger-1") == "completed", message="the resumed run")
+    assert cli.ok("executions", "rerun", "ledger-1", "--from", "credit").startswith(
+        "running execution 'ledger-1' again from step:credit"
+    )
+    wait_until(lambda: _status(cli, "ledger-1") == "completed", message="the rerun")
+    error = cli.fails("executions", "rerun", "ledger-1", "--from", "refund")
+    assert "has no step 'refund'" in error
+
+    # Naming an actor needs the app's broker, where actors are declared.
+    assert "pass --broker MODULE:BROKER" in cli.fails("actors", "pause", "ledger")
+    app = types.ModuleType("ledger_app")
+    app.broker = broker  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "ledger_app", app)
+    with_app = Cli(capsys, "--broker", "ledger_app:broker")
+    assert with_app.ok("actors", "pause", "ledger").startswith("paused actor 'ledger'")
+    assert [a["actor_name"] for a in with_app.json("actors", "list")] == ["ledger"]
+    assert "known: ledger" in with_app.fails("actors", "pause", "ledgr")
+    assert with_app.ok("actors", "resume", "ledger").startswith("resumed actor 'ledger'; 0")
+    assert "no actor is paused" in with_app.ok("actors", "list")

@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from standardwebhooks import Webhook
 
 import zart_dramatiq as zart
-from tests.support import Effects, wait_until
+from tests.support import Effects, scalar, wait_until
 from zart_dramatiq.api_keys import ApiKeys
 from zart_dramatiq.http import create_app
 from zart_dramatiq.middleware import middleware_for
@@ -184,6 +184,44 @@ def test_cancel(api, keys, worker) -> None:
     assert api.get("/api/v1/executions/n-1", headers=admin).json()["status"] == "cancelled"
 
 
+def test_pause_and_resume_an_execution_and_an_actor(api, keys, worker, db, schema) -> None:
+    admin, read = keys("admin"), keys("read")
+    api.post(
+        "/api/v1/executions",
+        json={"actor": "approval", "args": [3], "execution_id": "a-3"},
+        headers=admin,
+    )
+    api.get("/api/v1/executions/a-3/result", params={"timeout": 0}, headers=admin)
+    wait_until(lambda: zart.get_execution("a-3").status == "waiting", message="the wait")
+    paused = api.post("/api/v1/executions/a-3/pause", headers=admin)
+    assert (paused.status_code, paused.json()) == (200, {"paused": True, "resent_wakeups": 0})
+    assert api.get("/api/v1/executions/a-3", headers=read).json()["paused_at"] is not None
+    api.post("/api/v1/executions/a-3/events/decision", json={"verdict": "ok"}, headers=admin)
+    wait_until(
+        lambda: scalar(db, schema, "SELECT count(*) FROM {s}.messages") == 0,
+        message="the woken delivery to be dropped",
+    )
+    assert zart.get_execution("a-3").status == "waiting"
+    resumed = api.post("/api/v1/executions/a-3/resume", headers=admin)
+    assert resumed.json() == {"paused": False, "resent_wakeups": 1}
+    done = api.get("/api/v1/executions/a-3/result", params={"timeout": 15}, headers=read).json()
+    assert done["result"] == "order 3: ok"
+
+    assert api.post("/api/v1/actors/greet/pause", headers=admin).json()["paused"] is True
+    listed = {a["name"]: a for a in api.get("/api/v1/actors", headers=read).json()}
+    assert listed["greet"]["paused_at"] is not None and listed["nap"]["paused_at"] is None
+    assert api.post("/api/v1/actors/greet/resume", headers=admin).json()["paused"] is False
+
+    unknown = api.post("/api/v1/actors/nope/pause", headers=admin)
+    assert (unknown.status_code, error_code(unknown)) == (404, "unknown_actor")
+    assert "known: " in unknown.json()["error"]["message"]
+    ended = api.post("/api/v1/executions/a-3/pause", headers=admin)
+    assert (ended.status_code, error_code(ended)) == (409, "execution_finished")
+    missing = api.post("/api/v1/executions/nope/pause", headers=admin)
+    assert (missing.status_code, error_code(missing)) == (404, "unknown_execution")
+    assert api.post("/api/v1/actors/greet/pause", headers=read).status_code == 403
+
+
 def test_list_filters_and_pages_with_a_total(api, keys) -> None:
     admin = keys("admin")
     for i in range(5):
@@ -224,6 +262,11 @@ def test_list_filters_and_pages_with_a_total(api, keys) -> None:
         ("post", "/api/v1/executions/any/retry"),
         ("post", "/api/v1/executions"),
         ("post", "/api/v1/executions/any/rerun"),
+        ("post", "/api/v1/executions/any/pause"),
+        ("post", "/api/v1/executions/any/resume"),
+        ("get", "/api/v1/actors"),
+        ("post", "/api/v1/actors/greet/pause"),
+        ("post", "/api/v1/actors/greet/resume"),
         ("get", "/api/v1/queues"),
         ("get", "/api/v1/dead-letters"),
         ("post", "/api/v1/dead-letters/requeue"),

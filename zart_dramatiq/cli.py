@@ -294,6 +294,8 @@ def cmd_executions_show(session: Session, args: argparse.Namespace) -> int:
         ("actor", f"{info.actor_name} (queue {info.queue_name})"),
         ("status", info.status),
     ]
+    if info.paused_at is not None:
+        fields.append(("paused", f"since {_cell(info.paused_at)}: `{PROG} executions resume`"))
     if info.parent_id is not None:
         fields.append(("parent", f"{info.parent_id}{' (detached)' if info.detached else ''}"))
     fields += [
@@ -484,6 +486,54 @@ def cmd_executions_purge(session: Session, args: argparse.Namespace) -> int:
 def cmd_retry(session: Session, args: argparse.Namespace) -> int:
     zart.retry(args.execution_id, broker=session.broker)
     print(f"restarted execution {args.execution_id!r} from its failed step")
+    return 0
+
+
+def cmd_rerun(session: Session, args: argparse.Namespace) -> int:
+    try:
+        key = zart.rerun(args.execution_id, args.from_step, broker=session.broker)
+    except ValueError as e:
+        raise CommandError(str(e)) from None
+    print(f"running execution {args.execution_id!r} again from {key}")
+    return 0
+
+
+def cmd_pause(session: Session, args: argparse.Namespace) -> int:
+    zart.pause(args.execution_id, broker=session.broker)
+    print(f"paused execution {args.execution_id!r}: no run of it starts until it is resumed")
+    return 0
+
+
+def cmd_resume(session: Session, args: argparse.Namespace) -> int:
+    due = zart.resume(args.execution_id, broker=session.broker)
+    woken = "; its wake-up came due meanwhile and was sent" if due else ""
+    print(f"resumed execution {args.execution_id!r}{woken}")
+    return 0
+
+
+def cmd_actors_list(session: Session, args: argparse.Namespace) -> int:
+    paused = zart.paused_actors(broker=session.broker)
+    if args.json:
+        _print_json([dataclasses.asdict(p) for p in paused])
+        return 0
+    rows = [(p.actor_name, p.paused_at) for p in paused]
+    print(_table(("ACTOR", "PAUSED"), rows, empty="no actor is paused"))
+    return 0
+
+
+def cmd_actors_pause(session: Session, args: argparse.Namespace) -> int:
+    try:
+        zart.pause_actor(args.actor_name, broker=session.broker)
+    except zart.UnknownActor as e:
+        hint = "" if session.broker_spec else " (pass --broker MODULE:BROKER, before the command)"
+        raise CommandError(f"{e}{hint}") from None
+    print(f"paused actor {args.actor_name!r}: none of its executions runs until it is resumed")
+    return 0
+
+
+def cmd_actors_resume(session: Session, args: argparse.Namespace) -> int:
+    resent = zart.resume_actor(args.actor_name, broker=session.broker)
+    print(f"resumed actor {args.actor_name!r}; {_plural(resent, 'wake-up', 'wake-ups')} sent")
     return 0
 
 
@@ -777,6 +827,33 @@ def build_parser() -> argparse.ArgumentParser:
         cmd_retry,
         "restart a failed, timed out or cancelled execution from its failed step",
     ).add_argument("execution_id", metavar="ID")
+
+    sub = command(
+        execution_commands,
+        "rerun",
+        cmd_rerun,
+        "run an ended execution again from a step on (the steps before it keep their outcomes)",
+    )
+    sub.add_argument("execution_id", metavar="ID")
+    sub.add_argument(
+        "--from", dest="from_step", required=True, metavar="STEP", help="a journal key or step name"
+    )
+    command(
+        execution_commands, "pause", cmd_pause, "hold an execution: no run of it starts"
+    ).add_argument("execution_id", metavar="ID")
+    command(
+        execution_commands, "resume", cmd_resume, "let a paused execution run again"
+    ).add_argument("execution_id", metavar="ID")
+
+    actors = commands.add_parser("actors", help="pause and resume durable actors")
+    actor_commands = actors.add_subparsers(dest="action", required=True, metavar="ACTION")
+    json_flag(command(actor_commands, "list", cmd_actors_list, "the paused actors"))
+    command(
+        actor_commands, "pause", cmd_actors_pause, "hold every execution of an actor, new ones too"
+    ).add_argument("actor_name", metavar="ACTOR")
+    command(
+        actor_commands, "resume", cmd_actors_resume, "let a paused actor's executions run again"
+    ).add_argument("actor_name", metavar="ACTOR")
 
     server = commands.add_parser("embedded", help="the embedded PostgreSQL (pgserver)")
     server_commands = server.add_subparsers(dest="action", required=True, metavar="ACTION")

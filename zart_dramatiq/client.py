@@ -12,18 +12,20 @@ from typing import Any
 
 import dramatiq
 
-from . import children, lifecycle, retention
+from . import children, lifecycle, pauses, retention
 from .actor import DurableActor
 from .errors import (
     ExecutionConflict,
     ExecutionFailed,
     ExecutionFinished,
     ResultTimeout,
+    UnknownActor,
     UnknownExecution,
 )
 from .joins import child_ended, discard_wakeups
 from .lifecycle import TERMINAL
 from .middleware import DurableMiddleware, middleware_for
+from .pauses import PausedActor
 from .run import EXECUTION_ID, SEQ, continuation
 from .serialization import dump, input_hash, load
 from .store import RESULT_WAITER
@@ -119,6 +121,8 @@ class ExecutionInfo:
     parent_id: str | None
     #: A detached child lives on when its parent ends.
     detached: bool
+    #: When an operator paused it (``zart.pause``); None while it may run.
+    paused_at: datetime | None = None
     steps: tuple[StepInfo, ...] = ()
     groups: tuple[GroupInfo, ...] = ()
     children: tuple[ChildInfo, ...] = ()
@@ -352,6 +356,41 @@ def rerun(execution_id: str, from_step: str, *, broker: dramatiq.Broker | None =
     return key
 
 
+def pause(execution_id: str, *, broker: dramatiq.Broker | None = None) -> None:
+    """Hold an execution: no run of it starts, new or resumed, until ``resume``.
+
+    Its workers refuse it wherever they take runs; a run already going
+    continues to its next suspension. Raises UnknownExecution, or
+    ExecutionFinished if it has ended.
+    """
+    pauses.pause_execution(_middleware(broker).store, execution_id)
+
+
+def resume(execution_id: str, *, broker: dramatiq.Broker | None = None) -> bool:
+    """Let a paused execution run again from where it was; harmless if it is not paused.
+
+    Returns whether its wake-up had come due meanwhile (and was sent again).
+    """
+    middleware = _middleware(broker)
+    return pauses.resume_execution(middleware.store, middleware.transport, execution_id)
+
+
+def pause_actor(actor_name: str, *, broker: dramatiq.Broker | None = None) -> None:
+    """Hold every execution of a durable actor, those started later too, until ``resume_actor``."""
+    pauses.pause_actor(_middleware(broker).store, _durable_actor(actor_name, broker).actor_name)
+
+
+def resume_actor(actor_name: str, *, broker: dramatiq.Broker | None = None) -> int:
+    """Let a paused actor's executions run again; return how many wake-ups were due."""
+    middleware = _middleware(broker)
+    return pauses.resume_actor(middleware.store, middleware.transport, actor_name)
+
+
+def paused_actors(*, broker: dramatiq.Broker | None = None) -> list[PausedActor]:
+    """The actors paused by ``pause_actor``, by name."""
+    return pauses.paused_actors(_middleware(broker).store)
+
+
 def purge_executions(older_than: timedelta, *, broker: dramatiq.Broker | None = None) -> int:
     """Delete executions that ended more than ``older_than`` ago, with their steps and events.
 
@@ -465,6 +504,18 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
         raise ValueError(
             f"{cursor!r} is not a page cursor: pass the next_cursor of the page before"
         ) from e
+
+
+def _durable_actor(actor_name: str, broker: dramatiq.Broker | None) -> DurableActor:
+    actors = (broker or dramatiq.get_broker()).actors
+    actor = actors.get(actor_name)
+    if not isinstance(actor, DurableActor):
+        known = sorted(name for name, a in actors.items() if isinstance(a, DurableActor))
+        raise UnknownActor(
+            f"no durable actor is named {actor_name!r} on this broker; "
+            f"known: {', '.join(known) or 'none (import the module that declares them)'}"
+        )
+    return actor
 
 
 def _middleware(broker: dramatiq.Broker | None) -> DurableMiddleware:

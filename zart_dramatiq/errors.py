@@ -23,6 +23,10 @@ class UnknownExecution(ZartError, LookupError):
     """No execution has this ID."""
 
 
+class UnknownActor(ZartError, LookupError):
+    """No durable actor has this name on the broker."""
+
+
 class ExecutionFinished(ZartError):
     """The execution already ended, so it cannot take this request."""
 

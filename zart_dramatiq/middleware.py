@@ -255,13 +255,13 @@ class DurableMiddleware(dramatiq.Middleware):
         return self._runner.deliver(actor, delivery, args, kwargs)
 
 
-def _quiet_pauses(record: logging.LogRecord) -> bool:
+def _quiet_interruptions(record: logging.LogRecord) -> bool:
     args = record.args if isinstance(record.args, tuple) else ()
-    return not (args and getattr(args[0], "zart_paused", False) is True)
+    return not (args and getattr(args[0], "zart_interrupted", False) is True)
 
 
-# A pause is routine, not the warning Dramatiq logs for skipped messages.
-logging.getLogger("dramatiq.worker.WorkerThread").addFilter(_quiet_pauses)
+# An interruption is routine, not the warning Dramatiq logs for skipped messages.
+logging.getLogger("dramatiq.worker.WorkerThread").addFilter(_quiet_interruptions)
 
 
 def middleware_for(broker: dramatiq.Broker) -> DurableMiddleware:

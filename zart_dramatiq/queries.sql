@@ -28,6 +28,9 @@ UPDATE {schema}.executions AS e
  WHERE e.id = %(id)s AND e.wake_seq = %(seq)s AND e.status = ANY(%(sources)s)
    AND (e.run_owner IS NULL OR e.run_owner = %(worker_id)s
         OR NOT EXISTS (SELECT 1 FROM {schema}.workers AS w WHERE w.id = e.run_owner))
+   -- An operator's pause holds it: resume sends its wake-up again if it is due.
+   AND e.paused_at IS NULL
+   AND NOT EXISTS (SELECT 1 FROM {schema}.paused_actors AS p WHERE p.actor_name = e.actor_name)
 RETURNING e.runs,
           e.deadline IS NOT NULL AND e.deadline <= statement_timestamp() AS expired,
           e.generation,
@@ -50,8 +53,10 @@ SELECT coalesce(jsonb_agg(jsonb_build_object(
 
 -- name: delivery_outcome
 -- Why acquire refused: the execution as a delivery sees it.
-SELECT status, wake_seq, run_owner IS NOT NULL, result, finished_by
-  FROM {schema}.executions WHERE id = %(id)s
+SELECT e.status, e.wake_seq, e.run_owner IS NOT NULL, e.result, e.finished_by,
+       e.paused_at IS NOT NULL
+       OR EXISTS (SELECT 1 FROM {schema}.paused_actors AS p WHERE p.actor_name = e.actor_name)
+  FROM {schema}.executions AS e WHERE e.id = %(id)s
 
 -- name: fence_state
 -- Whether a run's refused write was in fact its own earlier commit (a lost reply).
@@ -253,7 +258,8 @@ SELECT 1 FROM {schema}.events WHERE execution_id = %(id)s AND key = %(key)s
 
 -- name: get_execution
 SELECT id, actor_name, queue_name, status, input, result, error, deadline, waiting_for,
-       wake_at, runs, generation, created_at, updated_at, finished_at, parent_id, detached
+       wake_at, runs, generation, created_at, updated_at, finished_at, parent_id, detached,
+       paused_at
   FROM {schema}.executions WHERE id = %(id)s
 
 -- name: get_steps
@@ -264,7 +270,8 @@ SELECT step_key, kind, name, fn, status, result, error, attempts, started_at, fi
 
 -- name: list_executions
 SELECT id, actor_name, queue_name, status, input, result, error, deadline, waiting_for,
-       wake_at, runs, generation, created_at, updated_at, finished_at, parent_id, detached
+       wake_at, runs, generation, created_at, updated_at, finished_at, parent_id, detached,
+       paused_at
   FROM {schema}.executions
  WHERE (%(status)s::text IS NULL OR status = %(status)s)
  ORDER BY created_at DESC
@@ -294,7 +301,7 @@ WITH matching AS MATERIALIZED (
 SELECT (SELECT count(*) FROM matching),
        e.id, e.actor_name, e.queue_name, e.status, e.input, e.result, e.error, e.deadline,
        e.waiting_for, e.wake_at, e.runs, e.generation, e.created_at, e.updated_at,
-       e.finished_at, e.parent_id, e.detached
+       e.finished_at, e.parent_id, e.detached, e.paused_at
   FROM (SELECT 1) AS one
   LEFT JOIN (page JOIN {schema}.executions AS e USING (id)) ON true
  ORDER BY e.created_at DESC, e.id DESC
@@ -318,21 +325,28 @@ SELECT status, actor_name, count(*)
 -- name: execution_status
 SELECT status, result, error FROM {schema}.executions WHERE id = %(id)s
 
--- name: repair_lost_wakeups
--- For brokers other than broker_pg: an execution whose resuming message should
--- have run by now, but nothing took it, gets its message sent again. Stale
--- duplicates are harmless: a delivery is checked against wake_seq and run_owner.
--- Each branch reads an index of what may be overdue (executions_overdue,
+-- name: overdue_wakeups
+-- Executions whose resuming message should have run %(grace_s)s seconds ago
+-- or more, but nothing took them, get their message sent again: by the sweeper
+-- on brokers other than broker_pg (a lost message), and at a resume (a
+-- delivery dropped while paused), there for one execution (%(id)s) or one
+-- actor (%(actor)s). Paused ones are left alone. Stale duplicates are
+-- harmless: a delivery is checked against wake_seq and run_owner. Each branch
+-- reads an index of what may be overdue (executions_overdue,
 -- executions_active, events_unconsumed), never every sleeping execution.
 WITH overdue AS (
     SELECT e.id FROM {schema}.executions AS e
      WHERE e.run_owner IS NULL AND e.status IN ('sleeping', 'retrying', 'waiting')
        AND least(e.wake_at, e.deadline) < now() - %(grace_s)s * interval '1 second'
        AND e.updated_at < now() - %(grace_s)s * interval '1 second'
+       AND (%(id)s::text IS NULL OR e.id = %(id)s)
+       AND (%(actor)s::text IS NULL OR e.actor_name = %(actor)s)
     UNION
     SELECT e.id FROM {schema}.executions AS e
      WHERE e.status = 'pending' AND e.run_owner IS NULL
        AND e.updated_at < now() - %(grace_s)s * interval '1 second'
+       AND (%(id)s::text IS NULL OR e.id = %(id)s)
+       AND (%(actor)s::text IS NULL OR e.actor_name = %(actor)s)
     UNION
     -- Waiting for a group or a child that has ended.
     SELECT e.id FROM {schema}.executions AS e
@@ -340,17 +354,26 @@ WITH overdue AS (
      WHERE e.status = 'waiting' AND e.run_owner IS NULL
        AND e.updated_at < now() - %(grace_s)s * interval '1 second'
        AND s.kind IN ('group', 'child') AND s.status IN ('completed', 'failed')
+       AND (%(id)s::text IS NULL OR e.id = %(id)s)
+       AND (%(actor)s::text IS NULL OR e.actor_name = %(actor)s)
     UNION
     SELECT e.id FROM {schema}.events AS ev
       JOIN {schema}.executions AS e ON e.id = ev.execution_id
      WHERE ev.consumed_by IS NULL
        AND e.status = 'waiting' AND e.waiting_for = ev.name AND e.run_owner IS NULL
        AND e.updated_at < now() - %(grace_s)s * interval '1 second'
+       AND (%(id)s::text IS NULL OR e.id = %(id)s)
+       AND (%(actor)s::text IS NULL OR e.actor_name = %(actor)s)
+), runnable AS (
+    SELECT o.id FROM overdue AS o JOIN {schema}.executions AS e USING (id)
+     WHERE e.paused_at IS NULL
+       AND NOT EXISTS (SELECT 1 FROM {schema}.paused_actors AS p
+                        WHERE p.actor_name = e.actor_name)
     -- A bounded batch per sweep; the rest at the next.
-    LIMIT 1000
+    LIMIT %(limit)s
 )
 UPDATE {schema}.executions AS e SET updated_at = now()
- WHERE e.id = ANY (ARRAY(SELECT id FROM overdue))
+ WHERE e.id = ANY (ARRAY(SELECT id FROM runnable))
    AND e.updated_at < now() - %(grace_s)s * interval '1 second'
 RETURNING e.resume_message, e.wake_seq
 
@@ -711,3 +734,29 @@ SELECT name, setting, set_config(name, reset_val, true)
 -- name: plan_as_before
 SELECT set_config('plan_cache_mode', %(plan_cache_mode)s, true),
        set_config('enable_seqscan', %(enable_seqscan)s, true)
+
+-- name: pause_execution
+-- Holds an active execution: no run of it starts until it is resumed.
+WITH target AS (
+    SELECT id, status FROM {schema}.executions WHERE id = %(id)s FOR UPDATE
+), held AS (
+    UPDATE {schema}.executions AS e SET paused_at = coalesce(e.paused_at, now())
+      FROM target
+     WHERE e.id = target.id AND target.status = ANY(%(sources)s)
+    RETURNING e.id
+)
+SELECT target.status, EXISTS (SELECT 1 FROM held) FROM target
+
+-- name: resume_execution
+UPDATE {schema}.executions SET paused_at = NULL WHERE id = %(id)s
+RETURNING status
+
+-- name: pause_actor
+INSERT INTO {schema}.paused_actors (actor_name) VALUES (%(actor)s)
+ON CONFLICT (actor_name) DO NOTHING
+
+-- name: resume_actor
+DELETE FROM {schema}.paused_actors WHERE actor_name = %(actor)s
+
+-- name: paused_actors
+SELECT actor_name, paused_at FROM {schema}.paused_actors ORDER BY actor_name

@@ -219,7 +219,7 @@ class Run:
         send_resume(self.store, self.transport, tx, self.execution_id, resume, delay_ms)
         self.transport.settle(tx, self.delivery)
         suspension = Suspended(f"execution {self.execution_id!r} is {status}")
-        tx.after_commit.append(lambda: self._paused(suspension))
+        tx.after_commit.append(lambda: self._suspended(suspension))
 
     def continue_as_new(
         self, tx: Transaction, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -249,9 +249,9 @@ class Run:
         continued = ContinuedAsNew(
             f"execution {self.execution_id!r} continues as new, in generation {generation}"
         )
-        tx.after_commit.append(lambda: self._paused(continued))
+        tx.after_commit.append(lambda: self._suspended(continued))
 
-    def _paused(self, suspension: Suspended) -> None:
+    def _suspended(self, suspension: Suspended) -> None:
         # Results must not store this delivery's (absent) result; the resumed one will.
         end_quietly(self.delivery)
         self.suspension = suspension
@@ -274,10 +274,39 @@ def send_resume(
         store.run(tx, "set_wake_message", id=execution_id, row_id=row_id)
 
 
+def resend_overdue(
+    store: Store,
+    transport: Transport,
+    grace_s: float,
+    *,
+    execution_id: str | None = None,
+    actor: str | None = None,
+    limit: int | None = 1000,
+) -> list[str]:
+    """Send again the resuming messages that are ``grace_s`` seconds overdue; return whose.
+
+    Only executions that are not paused, optionally only ``execution_id`` or
+    only ``actor``'s, at most ``limit``. A copy still on its way is harmless:
+    ``wake_seq`` fences it.
+    """
+
+    def resend(tx: Transaction) -> list[str]:
+        params = dict(grace_s=grace_s, id=execution_id, actor=actor, limit=limit)
+        resent = []
+        for payload, seq in store.run_all(tx, "overdue_wakeups", **params):
+            message = continuation(dramatiq.Message.decode(payload), **{SEQ: seq})
+            overdue = message.options[EXECUTION_ID]
+            send_resume(store, transport, tx, overdue, message, 0)
+            resent.append(overdue)
+        return resent
+
+    return store.atomically(resend)
+
+
 def end_quietly(delivery: MessageProxy) -> None:
     """Mark a delivery that ends without a result: Results stores nothing, logs stay calm."""
     delivery.options["store_results"] = False
-    delivery.zart_paused = True  # type: ignore[attr-defined]
+    delivery.zart_interrupted = True  # type: ignore[attr-defined]
 
 
 def current_run(*, blocking: bool = True) -> Run:

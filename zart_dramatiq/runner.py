@@ -48,7 +48,7 @@ from .run import (
     end_quietly,
 )
 from .serialization import dump, error_to_json
-from .signals import Abandoned, DeadlinePassed, Paused, Refused, Stopped, Suspended
+from .signals import Abandoned, DeadlinePassed, Interrupted, Refused, Stopped, Suspended
 from .store import Store, Transaction
 from .tracing import span
 from .transport import Transport
@@ -206,7 +206,7 @@ class Runner:
         state = self.store.fetchone("delivery_outcome", id=execution_id)
         if state is None:
             raise _stop(delivery, f"execution {execution_id!r} does not exist")
-        status, wake_seq, owned, result, finished_by = state
+        status, wake_seq, owned, result, finished_by, paused = state
         if (
             status == lifecycle.COMPLETED
             and not self.transport.atomic
@@ -220,6 +220,9 @@ class Runner:
             raise _stop(delivery, f"execution {execution_id!r} already ended {status}")
         if wake_seq != seq:
             raise _stop(delivery, f"stale delivery of execution {execution_id!r}")
+        if paused:
+            # Resuming it sends its wake-up again if it is due by then.
+            raise _stop(delivery, f"execution {execution_id!r} is paused")
         if owned:
             # Another worker's run ends, or that worker is presumed lost, within a lease.
             self._defer(delivery, execution_id, "is running elsewhere", self.lease_timeout())
@@ -261,8 +264,8 @@ class Runner:
                 )
             finally:
                 deactivate(context)
-        except Paused as paused:
-            self._paused(run, paused)
+        except Interrupted as interrupted:
+            self._interrupted(run, interrupted)
             raise
         except BaseException as error:
             if run.suspension is not None:
@@ -272,19 +275,19 @@ class Runner:
         self._end(run, lifecycle.COMPLETED, result=data)
         return data if _result_consumed(actor, run.delivery) else None
 
-    def _paused(self, run: Run, paused: Paused) -> None:
-        if isinstance(paused, Suspended):
+    def _interrupted(self, run: Run, interrupted: Interrupted) -> None:
+        if isinstance(interrupted, Suspended):
             return
-        if isinstance(paused, Abandoned):
-            self._abandon(run.delivery, run.execution_id, paused)
+        if isinstance(interrupted, Abandoned):
+            self._abandon(run.delivery, run.execution_id, interrupted)
             return
-        if isinstance(paused, DeadlinePassed):
+        if isinstance(interrupted, DeadlinePassed):
             self._time_out(run)
         end_quietly(run.delivery)
         self._let_go(run)
 
     def _failed(self, run: Run, actor: DurableActor, error: BaseException) -> None:
-        """Pause for a retry, or fail for good; raises a Paused when it did not fail."""
+        """Pause for a retry, or fail for good; raises an Interrupted when it did not fail."""
         if isinstance(error, DatabaseUnavailable):
             raise self._abandon(run.delivery, run.execution_id, error) from error
         if isinstance(error, NonDeterminismError):

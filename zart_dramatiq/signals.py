@@ -9,11 +9,11 @@ from __future__ import annotations
 from dramatiq.middleware import SkipMessage
 
 
-class Paused(SkipMessage):
+class Interrupted(SkipMessage):
     """The delivery ended without a result; what happens next is already recorded."""
 
 
-class Suspended(Paused):
+class Suspended(Interrupted):
     """The body paused durably; its resuming message is already scheduled."""
 
 
@@ -21,12 +21,12 @@ class ContinuedAsNew(Suspended):
     """The run ended in ``zart.continue_as_new``; the next generation's first message is sent."""
 
 
-class BranchEnded(Paused):
+class BranchEnded(Interrupted):
     """A branch delivery ended, its outcome recorded in its group: it is not the actor's
     result, so Callbacks, Pipelines and Results leave it alone."""
 
 
-class Stopped(Paused):
+class Stopped(Interrupted):
     """The delivery has nothing (more) to run: cancelled, timed out, stale or duplicate."""
 
 
@@ -38,7 +38,7 @@ class DeadlinePassed(Stopped):
     """The execution passed its deadline; the runner records it as timed out."""
 
 
-class Abandoned(Paused):
+class Abandoned(Interrupted):
     """The run could not record its outcome (the database stayed unreachable).
 
     The delivery is handed back where the broker allows it, and the sweeper

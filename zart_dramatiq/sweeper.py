@@ -31,7 +31,7 @@ from . import lifecycle
 from .lifecycle import RunRef
 from .metrics import observe
 from .retention import ExecutionRetention
-from .run import EXECUTION_ID, SEQ, continuation, send_resume
+from .run import EXECUTION_ID, SEQ, continuation, resend_overdue, send_resume
 from .runner import LocalRuns
 from .store import Store, Transaction
 from .transport import Transport
@@ -131,13 +131,9 @@ class Sweeper:
 
     def repair_lost_wakeups(self) -> int:
         """Send again the resuming messages a non-transactional broker may have lost."""
-        rows = self.store.fetchall("repair_lost_wakeups", grace_s=self.repair_after.total_seconds())
-        for payload, seq in rows:
-            message = continuation(Message.decode(payload), **{SEQ: seq})
-            logger.warning(
-                "Re-sending the overdue wake-up of execution %s.", message.options.get(EXECUTION_ID)
-            )
-            self.transport.broker.enqueue(message)
+        resent = resend_overdue(self.store, self.transport, self.repair_after.total_seconds())
+        for execution_id in resent:
+            logger.warning("Re-sent the overdue wake-up of execution %s.", execution_id)
         branches = self.store.fetchall(
             "repair_lost_branches", grace_s=self.repair_after.total_seconds()
         )
@@ -148,4 +144,4 @@ class Sweeper:
                 message.options.get(EXECUTION_ID),
             )
             self.transport.broker.enqueue(message)
-        return len(rows) + len(branches)
+        return len(resent) + len(branches)

@@ -16,7 +16,7 @@ from contextlib import contextmanager, suppress
 from contextvars import ContextVar
 from typing import Any
 
-from .signals import Paused
+from .signals import Interrupted
 
 #: The message option carrying the execution's trace context.
 TRACE = "zart_trace"
@@ -82,7 +82,7 @@ def span(
         yield
     except BaseException as error:
         # A pause (Dramatiq's SkipMessage) is how a run ends, not a failure.
-        if isinstance(error, Paused):
+        if isinstance(error, Interrupted):
             current.set_attribute("zart.outcome", type(error).__name__)
         else:
             current.record_exception(error)

@@ -22,7 +22,7 @@ from .errors import NotAllowedInStep, SerializationError, StepResultTooLarge, Za
 from .limits import json_size
 from .run import Run, current_run
 from .serialization import dump, error_to_json
-from .signals import Paused, Refused
+from .signals import Interrupted, Refused
 from .steps import check_same_fn, qualified_name, recorded_outcome, return_annotation
 from .store import Transaction, transient
 
@@ -160,7 +160,7 @@ class _Attempt:
                     raise StepResultTooLarge(self.name, size, run.limits.payload_bytes)
         except Exception as error:
             if (
-                isinstance(error, Paused)
+                isinstance(error, Interrupted)
                 or (ran and isinstance(error, SerializationError))
                 or transient(error)
             ):

@@ -90,6 +90,29 @@ def test_sleep_and_event_on_another_broker(other_broker, effects: Effects) -> No
         worker.stop()
 
 
+def test_a_paused_actor_is_held_on_another_broker(other_broker, effects: Effects) -> None:
+    queue = f"q{uuid.uuid4().hex[:8]}"
+
+    @zart.durable(broker=other_broker, queue_name=queue)
+    def held(n: int) -> int:
+        return zart.step("work", lambda: effects("work") or n)
+
+    worker = Worker(other_broker, worker_timeout=100, worker_threads=2)
+    worker.start()
+    try:
+        zart.pause_actor(held.actor_name, broker=other_broker)
+        handle = zart.start(held, 7)
+        other_broker.join(queue, timeout=15_000)
+        worker.join()
+        assert handle.status() == "pending"
+        assert effects["work"] == 0
+        zart.resume_actor(held.actor_name, broker=other_broker)
+        assert handle.result(timeout=20) == 7
+        assert effects["work"] == 1
+    finally:
+        worker.stop()
+
+
 def test_a_stale_message_after_completion_fires_no_callback_again(other_broker) -> None:
     queue = f"q{uuid.uuid4().hex[:8]}"
     successes: list[int] = []

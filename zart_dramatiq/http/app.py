@@ -372,6 +372,46 @@ def rerun(execution_id: str, body: models.Rerun, request: Request) -> models.Rer
     return models.Rerunning(execution_id=execution_id, from_step=key, status=status)
 
 
+@_api.post("/executions/{execution_id}/pause", response_model=models.Hold, dependencies=[Admin])
+def pause(execution_id: str, request: Request) -> models.Hold:
+    """Hold the execution: no run of it starts until it is resumed (409 if it has ended)."""
+    client.pause(execution_id, broker=_context(request).broker)
+    return models.Hold(paused=True)
+
+
+@_api.post("/executions/{execution_id}/resume", response_model=models.Hold, dependencies=[Admin])
+def resume(execution_id: str, request: Request) -> models.Hold:
+    """Let a paused execution run again; its wake-up is sent if it came due meanwhile."""
+    resent = client.resume(execution_id, broker=_context(request).broker)
+    return models.Hold(paused=False, resent_wakeups=int(resent))
+
+
+@_api.get("/actors", response_model=list[models.Actor], dependencies=[Read])
+def actors(request: Request) -> list[models.Actor]:
+    """The durable actors of this app, and whether each is paused."""
+    broker = _context(request).broker
+    paused = {p.actor_name: p.paused_at for p in client.paused_actors(broker=broker)}
+    return [
+        models.Actor(name=name, queue_name=actor.queue_name, paused_at=paused.get(name))
+        for name, actor in sorted(broker.actors.items())
+        if isinstance(actor, DurableActor)
+    ]
+
+
+@_api.post("/actors/{actor_name}/pause", response_model=models.Hold, dependencies=[Admin])
+def pause_actor(actor_name: str, request: Request) -> models.Hold:
+    """Hold every execution of the actor, new ones too, until it is resumed."""
+    client.pause_actor(actor_name, broker=_context(request).broker)
+    return models.Hold(paused=True)
+
+
+@_api.post("/actors/{actor_name}/resume", response_model=models.Hold, dependencies=[Admin])
+def resume_actor(actor_name: str, request: Request) -> models.Hold:
+    """Let the actor's executions run again; those that came due meanwhile are sent."""
+    resent = client.resume_actor(actor_name, broker=_context(request).broker)
+    return models.Hold(paused=False, resent_wakeups=resent)
+
+
 @_api.post(
     "/webhooks/{execution_id}/events/{name}",
     response_model=models.EventAccepted,

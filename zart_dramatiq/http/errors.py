@@ -17,6 +17,7 @@ from ..errors import (
     ExecutionFinished,
     PayloadTooLarge,
     SerializationError,
+    UnknownActor,
     UnknownExecution,
     ZartError,
 )
@@ -36,6 +37,7 @@ class ApiError(Exception):
 #: zart's own errors, as the API answers them.
 _ZART_ERRORS: list[tuple[type[ZartError], int, str]] = [
     (UnknownExecution, 404, "unknown_execution"),
+    (UnknownActor, 404, "unknown_actor"),
     (ExecutionConflict, 409, "execution_conflict"),
     (ExecutionFinished, 409, "execution_finished"),
     (PayloadTooLarge, 413, "payload_too_large"),

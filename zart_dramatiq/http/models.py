@@ -102,6 +102,7 @@ class Execution(_Out):
     finished_at: datetime | None
     parent_id: str | None
     detached: bool
+    paused_at: datetime | None = Field(description="Set while an operator holds it")
 
 
 class ExecutionDetail(Execution):
@@ -153,6 +154,20 @@ class Rerunning(BaseModel):
     #: The journal key the execution runs again from.
     from_step: str
     status: str
+
+
+class Hold(BaseModel):
+    """An execution's or an actor's pause, after a pause or resume."""
+
+    paused: bool
+    #: Resumes only: how many wake-ups that came due during the pause were sent.
+    resent_wakeups: int = 0
+
+
+class Actor(BaseModel):
+    name: str
+    queue_name: str
+    paused_at: datetime | None
 
 
 class Health(BaseModel):
