@@ -341,12 +341,16 @@ WITH overdue AS (
        AND e.updated_at < now() - %(grace_s)s * interval '1 second'
        AND (%(id)s::text IS NULL OR e.id = %(id)s)
        AND (%(actor)s::text IS NULL OR e.actor_name = %(actor)s)
+       AND e.paused_at IS NULL
+       AND NOT EXISTS (SELECT 1 FROM {schema}.paused_actors AS p WHERE p.actor_name = e.actor_name)
     UNION
     SELECT e.id FROM {schema}.executions AS e
      WHERE e.status = 'pending' AND e.run_owner IS NULL
        AND e.updated_at < now() - %(grace_s)s * interval '1 second'
        AND (%(id)s::text IS NULL OR e.id = %(id)s)
        AND (%(actor)s::text IS NULL OR e.actor_name = %(actor)s)
+       AND e.paused_at IS NULL
+       AND NOT EXISTS (SELECT 1 FROM {schema}.paused_actors AS p WHERE p.actor_name = e.actor_name)
     UNION
     -- Waiting for a group or a child that has ended.
     SELECT e.id FROM {schema}.executions AS e
@@ -356,6 +360,8 @@ WITH overdue AS (
        AND s.kind IN ('group', 'child') AND s.status IN ('completed', 'failed')
        AND (%(id)s::text IS NULL OR e.id = %(id)s)
        AND (%(actor)s::text IS NULL OR e.actor_name = %(actor)s)
+       AND e.paused_at IS NULL
+       AND NOT EXISTS (SELECT 1 FROM {schema}.paused_actors AS p WHERE p.actor_name = e.actor_name)
     UNION
     SELECT e.id FROM {schema}.events AS ev
       JOIN {schema}.executions AS e ON e.id = ev.execution_id
@@ -364,16 +370,13 @@ WITH overdue AS (
        AND e.updated_at < now() - %(grace_s)s * interval '1 second'
        AND (%(id)s::text IS NULL OR e.id = %(id)s)
        AND (%(actor)s::text IS NULL OR e.actor_name = %(actor)s)
-), runnable AS (
-    SELECT o.id FROM overdue AS o JOIN {schema}.executions AS e USING (id)
-     WHERE e.paused_at IS NULL
-       AND NOT EXISTS (SELECT 1 FROM {schema}.paused_actors AS p
-                        WHERE p.actor_name = e.actor_name)
+       AND e.paused_at IS NULL
+       AND NOT EXISTS (SELECT 1 FROM {schema}.paused_actors AS p WHERE p.actor_name = e.actor_name)
     -- A bounded batch per sweep; the rest at the next.
     LIMIT %(limit)s
 )
 UPDATE {schema}.executions AS e SET updated_at = now()
- WHERE e.id = ANY (ARRAY(SELECT id FROM runnable))
+ WHERE e.id = ANY (ARRAY(SELECT id FROM overdue))
    AND e.updated_at < now() - %(grace_s)s * interval '1 second'
 RETURNING e.resume_message, e.wake_seq
 
