@@ -10,6 +10,7 @@ from .consumer import PostgresMessageProxy
 from .database import DEFAULT_SCHEMA, Database, resolve_url
 from .errors import ConfigurationError, DatabaseUnavailable, MessageEncodeError, SchemaMissing
 from .migrations import migrate
+from .rate_limits import PostgresRateLimiterBackend
 from .results import PostgresBackend
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "PostgresBackend",
     "PostgresBroker",
     "PostgresMessageProxy",
+    "PostgresRateLimiterBackend",
     "QueueStats",
     "SchemaMissing",
     "migrate",

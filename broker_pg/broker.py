@@ -304,7 +304,8 @@ class PostgresBroker(dramatiq.Broker):
             queue_name=stored.queue_name,
             message_id=stored.message_id,
             actor_name=stored.actor_name,
-            priority=actor.priority if actor is not None else 0,
+            # A message's own priority option, else its actor's: lower is claimed first.
+            priority=stored.options.get("priority", actor.priority if actor is not None else 0),
             delay_ms=max(int(delay or 0), 0),
             payload=encode_message(stored),
         )

@@ -10,6 +10,7 @@ from contextlib import contextmanager, suppress
 from typing import TYPE_CHECKING, Any
 
 import psycopg
+import psycopg_pool.pool
 from psycopg import conninfo
 from psycopg_pool import ConnectionPool, PoolTimeout
 from psycopg_pool.base import AttemptWithBackoff
@@ -18,6 +19,14 @@ from .errors import ConfigurationError, DatabaseUnavailable, SchemaMissing
 
 if TYPE_CHECKING:
     from .notifications import Notifications
+
+# psycopg_pool catches only Exception while a thread waits for a connection. An
+# asynchronous BaseException there (Dramatiq's TimeLimit, a KeyboardInterrupt) left the
+# waiter queued: the next connection returned was handed to it and lost for good, until
+# the pool had none left. Catching BaseException marks the waiter failed, so that
+# connection goes to the next waiter (or back to the pool) and the exception still
+# propagates. (psycopg#509, #1214 and #1407 fixed the same for CancelledError and checks.)
+psycopg_pool.pool.CLIENT_EXCEPTIONS = BaseException  # type: ignore[assignment]
 
 #: The schema every table lives in unless told otherwise.
 DEFAULT_SCHEMA = "zart"

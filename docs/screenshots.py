@@ -5,14 +5,17 @@
 Makes a schema of its own, runs a worker in this process on a few demo
 workflows (orders waiting for a shipment event, a monthly report that fans out
 and starts a child, a failed onboarding, one order whose wake-up is overdue
-and one on a queue no worker consumes), serves the dashboard with uvicorn,
+and one on a queue no worker consumes, and a few CRM syncs that failed for good, now dead
+letters), serves the dashboard with uvicorn,
 signs in with a new API key in headless Chromium (Debian's ``chromium`` and
 ``chromium-driver``, driven by selenium) and saves:
 
 - ``overview.png``: the overview;
 - ``executions.png``: the executions list;
 - ``execution.png``: an order waiting for its event;
-- ``execution-report.png``: the report, with its groups and its child.
+- ``execution-report.png``: the report, with its groups and its child;
+- ``queues.png``: queues and workers;
+- ``dead-letters.png``: the dead letters.
 
 The schema is dropped at the end.
 """
@@ -91,6 +94,10 @@ def send_welcome_email(user: str) -> None:
 
 
 def declare(broker: dramatiq.Broker) -> dict[str, Any]:
+    @dramatiq.actor(actor_name="sync_crm", queue_name="integrations", max_retries=0)
+    def sync_crm(customer: int) -> None:
+        raise ConnectionError(f"crm.example.net timed out syncing customer {customer}")
+
     @zart.durable(actor_name="fulfil_order", queue_name="orders")
     def fulfil_order(order_id: int) -> str:
         txn = zart.step("charge", charge_card, order_id)
@@ -128,6 +135,7 @@ def declare(broker: dramatiq.Broker) -> dict[str, Any]:
         "monthly_report": monthly_report,
         "onboard_user": onboard_user,
         "invoice_customer": invoice_customer,
+        "sync_crm": sync_crm,
     }
 
 
@@ -174,6 +182,15 @@ def populate(actors: dict[str, Any], database_url: str, schema: str) -> None:
             ).format(sql.Identifier(schema))
         )
     zart.cancel("order-1011")
+    for customer in (311, 312, 340):
+        actors["sync_crm"].send(customer)
+    broker = dramatiq.get_broker()
+    assert isinstance(broker, PostgresBroker)
+    deadline = time.monotonic() + 30
+    while len(broker.list_dead_letters("integrations")) < 3:
+        if time.monotonic() > deadline:
+            raise RuntimeError("the CRM syncs were not dead-lettered")
+        time.sleep(0.05)
 
 
 # --- Serving and photographing --------------------------------------------------------------
@@ -227,6 +244,8 @@ def photograph(base: str, token: str) -> list[Path]:
             ("executions", "/executions"),
             ("execution", "/executions/order-1009"),
             ("execution-report", "/executions/report-2026-10"),
+            ("queues", "/queues"),
+            ("dead-letters", "/dead-letters"),
         ):
             driver.get(base + path)
             wait.until(ec.presence_of_element_located((By.TAG_NAME, "main")))
@@ -258,7 +277,7 @@ def main() -> None:
     broker.emit_after("process_boot")
     dramatiq.set_broker(broker)
     actors = declare(broker)
-    queues = {"orders", "reports", "default"}
+    queues = {"orders", "reports", "default", "integrations"}
     worker = Worker(broker, queues=queues | {f"{q}.DQ" for q in queues}, worker_threads=8)
     worker.start()
     try:

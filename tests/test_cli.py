@@ -695,3 +695,56 @@ def test_pause_resume_and_rerun_from_the_command_line(
     assert "known: ledger" in with_app.fails("actors", "pause", "ledgr")
     assert with_app.ok("actors", "resume", "ledger").startswith("resumed actor 'ledger'; 0")
     assert "no actor is paused" in with_app.ok("actors", "list")
+
+
+def test_schedules_from_the_command_line(
+    cli: Cli,
+    capsys: pytest.CaptureFixture[str],
+    broker: PostgresBroker,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    @zart.durable(actor_name="report")
+    def report(region: str) -> str:
+        return region
+
+    zart.schedules.create("report-eu", report, cron="0 6 * * *", tz="Europe/Berlin", args=["eu"])
+    [listed] = cli.json("schedules", "list")
+    assert (listed["name"], listed["cron"], listed["every_s"], listed["catchup_window_s"]) == (
+        "report-eu",
+        "0 6 * * *",
+        None,
+        86400.0,
+    )
+    assert "0 6 * * * (Europe/Berlin)" in cli.ok("schedules", "list")
+    assert "paused schedule 'report-eu'" in cli.ok("schedules", "pause", "report-eu")
+    assert "paused since" in cli.ok("schedules", "list")
+    assert cli.ok("schedules", "resume", "report-eu").startswith(
+        "resumed schedule 'report-eu'; its next tick is at"
+    )
+    assert "was not paused" in cli.ok("schedules", "resume", "report-eu")
+
+    # Starting one needs the actor, declared by the application's broker.
+    assert "pass --broker MODULE:BROKER" in cli.fails("schedules", "trigger", "report-eu")
+    app = types.ModuleType("report_app")
+    app.broker = broker  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "report_app", app)
+    with_app = Cli(capsys, "--broker", "report_app:broker")
+    triggered = with_app.ok("schedules", "trigger", "report-eu", "--key", "k-1")
+    assert triggered == "started execution 'schedule:report-eu:manual:k-1'\n"
+    window = ("--start", "2025-01-01T00:00Z", "--end", "2025-01-03T00:00+00:00")
+    assert with_app.ok("schedules", "backfill", "report-eu", *window) == (
+        "backfilled schedule 'report-eu': 2 ticks started, 0 started before\n"
+    )
+    assert with_app.ok("schedules", "backfill", "report-eu", *window) == (
+        "backfilled schedule 'report-eu': 0 ticks started, 2 started before\n"
+    )
+    # 06:00 in Berlin is 05:00 UTC in winter.
+    assert sorted(e.id for e in zart.list_executions() if ":manual:" not in e.id) == [
+        "schedule:report-eu:2025-01-01T05:00:00+00:00",
+        "schedule:report-eu:2025-01-02T05:00:00+00:00",
+    ]
+    no_zone = cli("schedules", "backfill", "report-eu", "--start", "2025-01-01", "--end", "now")
+    assert no_zone.code == 2 and "give ISO 8601 with a zone" in no_zone.err
+    assert "deleted schedule 'report-eu'" in cli.ok("schedules", "delete", "report-eu")
+    assert "no schedule is named 'report-eu'" in cli.fails("schedules", "delete", "report-eu")
+    assert cli.ok("schedules", "list") == "(no schedules)\n"

@@ -33,7 +33,9 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 import zart_dramatiq as zart
-from tests.support import executed_plan, scalar, unavailable, wait_until
+from broker_pg import PostgresBroker
+from broker_pg.broker import DeadLetter
+from tests.support import Effects, executed_plan, scalar, unavailable, wait_until
 from zart_dramatiq.api_keys import ApiKeys
 from zart_dramatiq.http import create_app
 from zart_dramatiq.http.dashboard.reads import Reads, Thresholds
@@ -111,6 +113,48 @@ def wait_for_status(execution_id: str, status: str) -> None:
 def start(actor: zart.DurableActor, *args: Any, execution_id: str, status: str) -> None:
     zart.start(actor, *args, execution_id=execution_id)
     wait_for_status(execution_id, status)
+
+
+class Failing:
+    """Plain Dramatiq actors whose messages end as dead letters: ``fragile`` fails
+    until ``mended`` is set, then runs (counted in ``ran``); ``brittle`` always fails."""
+
+    def __init__(self, broker: PostgresBroker) -> None:
+        self.broker = broker
+        self.mended = threading.Event()
+        self.ran = Effects()
+
+        @dramatiq.actor(queue_name="fragile", max_retries=0, broker=broker)
+        def fragile(n: int) -> None:
+            if not self.mended.is_set():
+                raise RuntimeError(f"fragile {n} broke")
+            self.ran(f"fragile {n}")
+
+        @dramatiq.actor(queue_name="brittle", max_retries=0, broker=broker)
+        def brittle(n: int) -> None:
+            raise RuntimeError(f"brittle {n} broke")
+
+        self.fragile = fragile
+        self.brittle = brittle
+
+    def dead_letters(self, queue: str) -> list[DeadLetter]:
+        return self.broker.list_dead_letters(queue)
+
+    def wait_for_dead_letters(self, queue: str, count: int) -> list[DeadLetter]:
+        """Wait until queue ``queue`` has ``count`` dead letters (a worker failed them)."""
+        found: list[DeadLetter] = []
+
+        def counted() -> bool:
+            found[:] = self.dead_letters(queue)
+            return len(found) == count
+
+        wait_until(counted, timeout=20, message=lambda: f"{count} dead letters in {queue!r}")
+        return found
+
+
+@pytest.fixture
+def failing(broker: PostgresBroker) -> Failing:
+    return Failing(broker)
 
 
 Keys = Callable[..., str]
@@ -457,6 +501,178 @@ def test_with_authentication_off_nobody_signs_in(
         assert browser.text("#execution-status") == "cancelled"
 
 
+def test_requeue_a_dead_letter_from_its_page(
+    browser: Browser, failing: Failing, keys: Keys
+) -> None:
+    browser.open("/dead-letters")
+    browser.sign_in(keys("admin"))
+    assert browser.path() == "/dead-letters"
+    assert browser.find_all("#no-dead-letters")
+
+    message_id = failing.fragile.send(1).message_id
+    failing.wait_for_dead_letters("fragile", 1)
+    browser.open("/dead-letters")
+    row = browser.find(f"#dead-letters tr[data-message='{message_id}']")
+    assert row.get_attribute("data-queue") == "fragile"
+    assert "fragile" in row.text and "(1)" in row.text
+    assert "RuntimeError: fragile 1 broke" in row.text
+    assert browser.text("#summary") == "1 dead letter, oldest first."
+    by_queue = browser.find("#dead-letter-queues tr[data-queue='fragile']")
+    assert by_queue.find_element("css selector", "td.num").text == "1"
+
+    failing.mended.set()
+    browser.click_through(f"#dead-letters tr[data-message='{message_id}'] .requeue", confirm=True)
+    assert browser.text("#notice") == (
+        f"Requeued message {message_id}: it is back on queue 'fragile'."
+    )
+    # Back on its queue: the worker consuming it runs it, and it is a dead letter no more.
+    wait_until(lambda: failing.ran["fragile 1"] == 1, timeout=20, message="fragile 1 to run")
+    assert failing.dead_letters("fragile") == []
+    browser.open("/dead-letters")
+    assert browser.find_all("#no-dead-letters")
+
+
+def test_purge_a_queue_s_dead_letters_after_confirming(
+    browser: Browser, failing: Failing, keys: Keys
+) -> None:
+    for n in (1, 2):
+        failing.fragile.send(n)
+    failing.brittle.send(3)
+    failing.wait_for_dead_letters("fragile", 2)
+    failing.wait_for_dead_letters("brittle", 1)
+    browser.open("/dead-letters")
+    browser.sign_in(keys("admin"))
+    counts = {
+        row.get_attribute("data-queue"): row.find_element("css selector", "td.num").text
+        for row in browser.find_all("#dead-letter-queues tbody tr")
+    }
+    assert counts == {"brittle": "1", "fragile": "2"}
+
+    # Purge asks first, on a page of its own; leaving it changes nothing.
+    browser.click_through("#dead-letter-queues tr[data-queue='fragile'] .purge")
+    assert browser.path() == "/dead-letters/purge?queue=fragile"
+    assert browser.text("#purge-warning").startswith("2 dead letters of queue fragile")
+    browser.click_through("#keep")
+    assert len(failing.dead_letters("fragile")) == 2
+
+    browser.click_through("#dead-letter-queues tr[data-queue='fragile'] .purge")
+    browser.click_through("#purge")
+    assert browser.text("#notice") == "Purged 2 dead letters of queue 'fragile'."
+    assert failing.dead_letters("fragile") == []
+    assert len(failing.dead_letters("brittle")) == 1  # another queue's are kept
+    assert [
+        row.get_attribute("data-queue") for row in browser.find_all("#dead-letter-queues tbody tr")
+    ] == ["brittle"]
+
+    browser.click_through("#dead-letter-queues tr[data-queue='brittle'] .purge")
+    browser.click_through("#purge")
+    assert failing.dead_letters("brittle") == []
+    assert browser.find_all("#no-dead-letters")
+    assert not browser.find_all("#dead-letter-queues")
+
+
+def test_the_queues_page_shows_depths_and_live_workers(
+    chrome: Any,
+    broker: PostgresBroker,
+    actors: Any,
+    keys: Keys,
+    start_worker: Callable[..., dramatiq.Worker],
+) -> None:
+    @dramatiq.actor(queue_name="backlog")
+    def backlog(n: int) -> None:
+        pass
+
+    # A worker that consumes "default" only: the backlog stays where it is.
+    start_worker(broker, threads=2, queues={"default"})
+    for n in range(3):
+        backlog.send(n)
+    backlog.send_with_options(args=(9,), delay=3_600_000)
+    wait_until(
+        lambda: any(q.queue_name == "backlog" and q.queued == 3 for q in broker.queue_stats()),
+        message="three messages queued on backlog",
+    )
+    with serve(dashboard_app(broker)) as url:
+        forget_cookies(chrome)
+        browser = Browser(chrome, url)
+        browser.open("/")
+        browser.sign_in(keys("read"))
+        browser.click_through("header nav a[href='/queues']")
+        assert browser.path() == "/queues"
+        row = browser.find("#queues tr[data-queue='backlog']")
+        cells = {
+            cell.get_attribute("data-state"): cell.text
+            for cell in row.find_elements("css selector", "td")
+        }
+        assert (cells["queued"], cells["delayed"], cells["parked"], cells["claimed"]) == (
+            "3",
+            "1",
+            "0",
+            "0",
+        )
+        assert cells["oldest"] != "\N{EN DASH}"  # how long the oldest of the three has waited
+        assert cells["dead_letters"] == "0"
+        workers = [w.get_attribute("data-worker") for w in browser.find_all("#workers tbody tr")]
+        assert str(broker.worker_id) in workers
+
+
+def test_pause_and_resume_an_execution_and_an_actor(
+    browser: Browser, actors: dict[str, zart.DurableActor], keys: Keys
+) -> None:
+    start(actors["approval"], 7, execution_id="held-7", status="waiting")
+    browser.open("/executions/held-7")
+    browser.sign_in(keys("admin"))
+    browser.click_through("#pause", confirm=True)
+    assert browser.text("#notice").startswith("Paused")
+    assert zart.get_execution("held-7").paused_at is not None
+    # The event is stored, but the paused execution does not take it.
+    zart.send_event("held-7", "decision", {"verdict": "yes"})
+    browser.click_through("#resume")
+    assert browser.text("#notice").startswith("Resumed")
+    wait_for_status("held-7", "completed")
+
+    browser.open("/queues")
+    browser.click_through("#actors tr[data-actor='greet'] [data-action='pause']", confirm=True)
+    assert browser.text("#notice").startswith("Paused greet")
+    assert [p.actor_name for p in zart.paused_actors()] == ["greet"]
+    zart.start(actors["greet"], "again", execution_id="greet-held")
+    browser.open("/executions/greet-held")
+    assert "is paused" in browser.text("#actor-paused")
+    browser.open("/queues")
+    browser.click_through("#actors tr[data-actor='greet'] [data-action='resume']")
+    assert browser.text("#notice").startswith("Resumed greet")
+    wait_for_status("greet-held", "completed")
+
+
+def test_rerun_a_completed_execution_from_a_step(
+    browser: Browser, actors: dict[str, zart.DurableActor], keys: Keys
+) -> None:
+    ran = Effects()
+
+    @zart.durable(actor_name="three_steps")
+    def three_steps() -> list[str]:
+        return [zart.step(name, lambda n=name: ran(n) or n) for name in ("a", "b", "c")]
+
+    start(three_steps, execution_id="abc-1", status="completed")
+    start(actors["nap"], execution_id="nap-rerun", status="sleeping")
+    browser.open("/executions/nap-rerun")
+    browser.sign_in(keys("admin"))
+    assert browser.find_all("#steps tr[data-step='sleep:long']")
+    assert not browser.find_all("#steps .rerun")  # not ended: nothing to rerun
+
+    browser.open("/executions/abc-1")
+    assert len(browser.find_all("#steps .rerun")) == 3
+    browser.click_through("#steps tr[data-step='step:b'] .rerun", confirm=True)
+    assert browser.text("#notice").startswith("Rerunning from step 'step:b'")
+    wait_until(
+        lambda: ran["c"] == 2 and status_of("abc-1") == "completed",
+        timeout=20,
+        message=lambda: f"abc-1 to complete again (it is {status_of('abc-1')})",
+    )
+    assert [ran[n] for n in ("a", "b", "c")] == [1, 2, 2]  # a kept its result
+    browser.reload_until("#execution-status", "completed")
+    assert browser.text("#result") == '["a", "b", "c"]'
+
+
 # --- Through the test client ---------------------------------------------------------------------
 
 
@@ -639,11 +855,19 @@ def test_event_form_mistakes_and_refused_actions_come_back_as_notices(
         ("events", {"name": "late", "payload": "{}"}, "already ended completed"),
         ("retry", {}, "only failed, cancelled or timed-out executions can be retried"),
         ("cancel", {}, "Not cancelled: it had already ended completed."),
+        ("rerun", {"from_step": "nope"}, "has no step 'nope' in its journal"),
     ):
         done = client.post(f"/executions/greet-eve/{action}", data={"csrf": token, **data})
         assert done.status_code == 303, action
         shown = html.unescape(client.get(done.headers["location"]).text)
         assert notice in shown, (action, shown)
+    # Not ended: nothing to rerun (the page offers no button; a post is told why).
+    early = client.post(
+        "/executions/order-1/rerun", data={"csrf": token, "from_step": "step:reserve"}
+    )
+    shown = html.unescape(client.get(early.headers["location"]).text)
+    assert "cannot rerun execution 'order-1': it is waiting" in shown
+    assert status_of("order-1") == "waiting"
 
     sent = client.post(
         "/executions/order-1/events",
@@ -677,3 +901,132 @@ def test_the_dashboard_can_be_turned_off(broker: dramatiq.Broker) -> None:
         home = api.get("/")
     assert home.status_code == 404
     assert home.json()["error"]["code"] == "not_found"
+
+
+def test_a_read_only_key_sees_queues_and_dead_letters_but_cannot_act(
+    client: TestClient,
+    keys: Keys,
+    failing: Failing,
+    actors: dict[str, zart.DurableActor],
+    worker: Any,
+) -> None:
+    ran = Effects()
+
+    @zart.durable(actor_name="counted")
+    def counted() -> str:
+        return str(zart.step("count", lambda: ran("count") or "counted"))
+
+    start(counted, execution_id="counted-1", status="completed")
+    message_id = failing.fragile.send(1).message_id
+    (letter,) = failing.wait_for_dead_letters("fragile", 1)
+    sign_in(client, keys("read"))
+
+    dead = client.get("/dead-letters")
+    assert dead.status_code == 200
+    assert f'data-message="{message_id}"' in dead.text
+    assert re.search(r'class="small requeue" disabled', dead.text)
+    assert re.search(r'class="danger small purge" disabled', dead.text)
+    assert client.get("/queues").status_code == 200
+    confirm = client.get("/dead-letters/purge?queue=fragile")
+    assert confirm.status_code == 200
+    assert re.search(r'id="purge" disabled', confirm.text)
+    execution = client.get("/executions/counted-1")
+    assert re.search(r'class="small rerun" disabled', execution.text)
+
+    token = csrf_of(dead.text)
+    as_of = re.search(r'name="as_of" value="([^"]+)"', confirm.text)
+    assert as_of is not None
+    for path, data in (
+        ("/dead-letters/requeue", {"id": str(letter.id)}),
+        ("/dead-letters/purge", {"queue": "fragile", "as_of": as_of[1]}),
+        ("/executions/counted-1/rerun", {"from_step": "step:count"}),
+    ):
+        refused = client.post(path, data={"csrf": token, **data})
+        assert refused.status_code == 403, path
+        assert "lacks the &#39;admin&#39; scope" in refused.text, path
+    assert [d.id for d in failing.dead_letters("fragile")] == [letter.id]
+    assert status_of("counted-1") == "completed" and ran["count"] == 1
+
+    # With the admin scope the same forms act, but still only with the session's token.
+    with TestClient(client.app, follow_redirects=False) as admin:
+        sign_in(admin, keys("admin"))
+        for data in ({}, {"csrf": token}):  # none, and the reader's session's
+            refused = admin.post("/dead-letters/requeue", data={"id": str(letter.id), **data})
+            assert refused.status_code == 403
+            assert "did not come from your current dashboard session" in refused.text
+    assert len(failing.dead_letters("fragile")) == 1
+
+
+def test_the_purge_deletes_only_the_dead_letters_of_before_its_confirmation(
+    client: TestClient,
+    keys: Keys,
+    failing: Failing,
+    db: psycopg.Connection,
+    schema: str,
+    worker: Any,
+) -> None:
+    failing.fragile.send(1)
+    (old,) = failing.wait_for_dead_letters("fragile", 1)
+    scalar(
+        db,
+        schema,
+        "UPDATE {s}.dead_letters SET dead_at = dead_at - interval '1 hour' WHERE id = %s "
+        "RETURNING id",
+        old.id,
+    )
+    failing.fragile.send(2)
+    failing.wait_for_dead_letters("fragile", 2)
+    sign_in(client, keys("admin"))
+    confirm = client.get("/dead-letters/purge?queue=fragile").text
+    assert "2 dead letters of queue" in confirm
+    token = csrf_of(confirm)
+
+    # A form without its moment is refused: it did not come from the confirmation page.
+    refused = client.post("/dead-letters/purge", data={"csrf": token, "queue": "fragile"})
+    assert "Not purged" in html.unescape(client.get(refused.headers["location"]).text)
+    assert len(failing.dead_letters("fragile")) == 2
+
+    # Confirmed as of half an hour ago: the letter dead an hour ago goes, the new one stays.
+    as_of = (scalar(db, schema, "SELECT now()") - timedelta(minutes=30)).isoformat()
+    done = client.post(
+        "/dead-letters/purge", data={"csrf": token, "queue": "fragile", "as_of": as_of}
+    )
+    assert done.status_code == 303
+    shown = html.unescape(client.get(done.headers["location"]).text)
+    assert "Purged 1 dead letter of queue 'fragile'." in shown
+    (kept,) = failing.dead_letters("fragile")
+    assert kept.id != old.id
+
+
+def test_queues_and_dead_letters_say_when_the_broker_is_not_broker_pg(
+    database_url: str, schema: str
+) -> None:
+    from dramatiq.brokers.stub import StubBroker
+
+    stub = StubBroker()
+    stub.add_middleware(
+        zart.DurableMiddleware(database_url, schema=schema), before=type(stub.middleware[0])
+    )
+    stub.emit_after("process_boot")
+
+    @zart.durable(broker=stub, actor_name="idle")
+    def idle() -> None:
+        pass
+
+    try:
+        with TestClient(create_app(stub, auth=False), follow_redirects=False) as client:
+            for path in ("/queues", "/dead-letters"):
+                page = client.get(path)
+                assert page.status_code == 200, path
+                assert (
+                    "Queues and dead letters are kept by broker_pg; this app&#39;s broker is "
+                    "StubBroker" in page.text
+                ), path
+            # A form of this session, from a page that has one: a pending execution's.
+            zart.start(idle, execution_id="idle-1")
+            token = csrf_of(client.get("/executions/idle-1").text)
+            requeue = client.post("/dead-letters/requeue", data={"csrf": token, "id": "1"})
+            assert requeue.status_code == 303
+            assert "StubBroker" in client.get(requeue.headers["location"]).text
+    finally:
+        stub.close()

@@ -546,3 +546,56 @@ def test_counting_never_fails_a_run_even_when_metrics_could_not_be_created(
         metrics.Metrics()
     assert metrics.prepare() is None
     metrics.observe("started", actor="any")  # a no-op, not an error
+
+
+def test_schedules_over_http(api, keys, actors) -> None:
+    admin, read = keys("admin"), keys("read")
+    zart.schedules.create("greetings", actors["greet"], every=timedelta(hours=1), args=["world"])
+    [listed] = api.get("/api/v1/schedules", headers=read).json()
+    assert (listed["name"], listed["every_s"], listed["args"], listed["paused_at"]) == (
+        "greetings",
+        3600.0,
+        ["world"],
+        None,
+    )
+    unknown = api.get("/api/v1/schedules/nope", headers=read)
+    assert (unknown.status_code, error_code(unknown)) == (404, "unknown_schedule")
+    refused = api.post("/api/v1/schedules/greetings/pause", headers=read)
+    assert (refused.status_code, error_code(refused)) == (403, "missing_scope")
+    paused = api.post("/api/v1/schedules/greetings/pause", headers=admin)
+    assert paused.status_code == 200 and paused.json()["paused_at"] is not None
+    resumed = api.post("/api/v1/schedules/greetings/resume", headers=admin)
+    assert resumed.status_code == 200 and resumed.json()["paused_at"] is None
+
+    once = {**admin, "Idempotency-Key": "t-1"}
+    first = api.post("/api/v1/schedules/greetings/trigger", headers=once)
+    again = api.post("/api/v1/schedules/greetings/trigger", headers=once)
+    assert (first.status_code, first.json()) == (
+        202,
+        {"execution_id": "schedule:greetings:manual:t-1"},
+    )
+    assert again.json() == first.json()
+
+    window = {"start": "2025-01-01T00:00:00Z", "end": "2025-01-01T03:00:00+00:00"}
+    done = api.post("/api/v1/schedules/greetings/backfill", json=window, headers=admin).json()
+    assert (done["started"], done["existing"]) == (3, 0)
+    assert done["execution_ids"][0] == "schedule:greetings:2025-01-01T00:00:00+00:00"
+    repeated = api.post("/api/v1/schedules/greetings/backfill", json=window, headers=admin)
+    assert (repeated.json()["started"], repeated.json()["existing"]) == (0, 3)
+    naive = api.post(
+        "/api/v1/schedules/greetings/backfill",
+        json={"start": "2025-01-01T00:00:00", "end": "2025-01-01T03:00:00"},
+        headers=admin,
+    )
+    assert (naive.status_code, error_code(naive)) == (422, "invalid_request")
+    future = api.post(
+        "/api/v1/schedules/greetings/backfill",
+        json={"start": "2025-01-01T00:00:00Z", "end": "2999-01-01T00:00:00Z"},
+        headers=admin,
+    )
+    assert (future.status_code, error_code(future)) == (422, "invalid_schedule")
+    assert "is after now" in future.json()["error"]["message"]
+
+    assert api.delete("/api/v1/schedules/greetings", headers=admin).status_code == 204
+    gone = api.delete("/api/v1/schedules/greetings", headers=admin)
+    assert (gone.status_code, error_code(gone)) == (404, "unknown_schedule")

@@ -11,6 +11,7 @@ from typing import Any, overload
 import dramatiq
 from dramatiq import Actor
 
+from .concurrency import Limit
 from .middleware import DurableMiddleware, current_delivery, middleware_for
 from .serialization import convert_arguments, dump, load, type_hints
 
@@ -24,6 +25,8 @@ class DurableActor(Actor):  # type: ignore[type-arg]
     """
 
     durable_timeout: timedelta | None
+    #: At most so many executions per key at a time (``zart.Limit``), if set.
+    concurrency: Limit | None = None
 
     @property
     def original_fn(self) -> Callable[..., Any]:
@@ -80,16 +83,29 @@ class DurableActor(Actor):  # type: ignore[type-arg]
 def durable(fn: Callable[..., Any] | Actor, /) -> DurableActor: ...  # type: ignore[type-arg]
 @overload
 def durable(
-    *, timeout: timedelta | None = None, **actor_options: Any
+    *, timeout: timedelta | None = None, concurrency: Limit | None = None, **actor_options: Any
 ) -> Callable[[Callable[..., Any] | Actor], DurableActor]: ...  # type: ignore[type-arg]
-def durable(fn: Any = None, /, *, timeout: timedelta | None = None, **actor_options: Any) -> Any:
+def durable(
+    fn: Any = None,
+    /,
+    *,
+    timeout: timedelta | None = None,
+    concurrency: Limit | None = None,
+    **actor_options: Any,
+) -> Any:
     """Make an actor durable: its steps are checkpointed and its body resumes after a crash.
 
     Use on a function (taking ``dramatiq.actor`` options) or on an existing
     ``dramatiq.Actor``. ``timeout`` bounds the whole execution: past it, the
     execution is marked ``timed_out`` even while it sleeps or waits.
+    ``concurrency`` (a ``zart.Limit``) caps how many executions per key run
+    at a time; the others wait, holding no thread and no queue slot.
     Installs ``DurableMiddleware`` on the actor's broker if it has none.
     """
+    if concurrency is not None and not isinstance(concurrency, Limit):
+        raise TypeError(
+            f"durable(concurrency=...) takes a zart.Limit(key=..., max=...), not {concurrency!r}"
+        )
 
     def decorate(target: Any) -> DurableActor:
         if isinstance(target, Actor):
@@ -105,6 +121,7 @@ def durable(fn: Any = None, /, *, timeout: timedelta | None = None, **actor_opti
             make_actor = dramatiq.actor(actor_class=DurableActor, **actor_options)
             actor = typing.cast(DurableActor, make_actor(target))
         actor.durable_timeout = timeout
+        actor.concurrency = concurrency
         middleware_for(actor.broker)
         return actor
 

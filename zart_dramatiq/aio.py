@@ -28,7 +28,7 @@ from datetime import datetime, timedelta
 from typing import Any, NoReturn, TypeVar, overload
 from uuid import UUID
 
-from . import children, fanout, generations, steps, transactional, values, waits
+from . import children, fanout, generations, steps, transactional, values, versioning, waits
 from .actor import DurableActor
 from .fanout import Call, Mode, call
 from .retry_policy import Retry
@@ -39,9 +39,11 @@ __all__ = [
     "call",
     "capture",
     "continue_as_new",
+    "deprecate_patch",
     "map",
     "now",
     "parallel",
+    "patched",
     "sleep",
     "sleep_until",
     "start_child",
@@ -123,6 +125,16 @@ async def transactional_step(name: str, fn: Callable[..., T], /, *args: Any, **k
     the helper thread, off the loop.
     """
     return await _off_loop(transactional.transactional_step, name, fn, *args, **kwargs)
+
+
+async def patched(change_id: str) -> bool:
+    """``zart.patched``, awaitable."""
+    return await _off_loop(versioning.patched, change_id)
+
+
+async def deprecate_patch(change_id: str) -> None:
+    """``zart.deprecate_patch``, awaitable."""
+    await _off_loop(versioning.deprecate_patch, change_id)
 
 
 async def continue_as_new(*args: Any, **kwargs: Any) -> NoReturn:

@@ -6,9 +6,11 @@ Examples::
     zart-dramatiq queues
     zart-dramatiq dead-letters list --queue orders
     zart-dramatiq executions show order-42
+    zart-dramatiq replay-check --app myapp.tasks --since 7d
     zart-dramatiq executions wait order-42 --timeout 5m
     zart-dramatiq executions purge --older-than 30d
     zart-dramatiq send-event order-42 shipment_ready '{"tracking_number": "1Z999"}'
+    zart-dramatiq schedules pause nightly
     zart-dramatiq serve --host 0.0.0.0 --port 8000 --broker myapp.tasks:broker
     zart-dramatiq keys create --scope read --scope events --name webhooks
     zart-dramatiq keys revoke 3f9a0c12d4e5
@@ -71,6 +73,7 @@ WAKE_REASONS = {
     "sleeping": "the sleep ends",
     "waiting": "the event wait times out",
     "retrying": "the step is retried",
+    "blocked": "its replay is tried again",
 }
 
 
@@ -314,6 +317,8 @@ def cmd_executions_show(session: Session, args: argparse.Namespace) -> int:
         fields.append(("result", _compact_json(info.result)))
     if info.error:
         fields.append(("error", _error_text(info.error)))
+    if info.blocked is not None:
+        fields.append(("blocked at", _blocked_text(info.blocked)))
     width = max(len(label) for label, _ in fields)
     for label, value in fields:
         print(f"{label.ljust(width)}  {_cell(value)}")
@@ -483,6 +488,57 @@ def cmd_executions_purge(session: Session, args: argparse.Namespace) -> int:
     return 0
 
 
+def _blocked_text(blocked: zart.BlockInfo) -> str:
+    tries = _plural(blocked.blocks, "try", "tries")
+    since = f"since {_cell(blocked.first_blocked_at)}, {tries}"
+    return f"{blocked.step} ({blocked.kind}; {since}): {_first_line(blocked.message)}"
+
+
+def cmd_unblock(session: Session, args: argparse.Namespace) -> int:
+    if zart.unblock(args.execution_id, broker=session.broker):
+        print(f"execution {args.execution_id!r}: its replay is tried again now")
+        return 0
+    status = zart.get_handle(args.execution_id, broker=session.broker).status()
+    raise CommandError(f"cannot unblock: execution {args.execution_id!r} is {status}, not blocked")
+
+
+def cmd_fail(session: Session, args: argparse.Namespace) -> int:
+    zart.fail(args.execution_id, args.reason, broker=session.broker)
+    print(f"failed execution {args.execution_id!r}: {args.reason}")
+    return 0
+
+
+def cmd_replay_check(session: Session, args: argparse.Namespace) -> int:
+    if args.url or args.schema or args.broker:
+        raise CommandError(
+            "--url, --schema and --broker cannot be combined with replay-check --app: the "
+            "application's broker names the database and schema of its executions"
+        )
+    broker = _import_broker(args.app[0])
+    for module in args.app[1:]:
+        _import_broker(module)
+    report = zart.replay_check(actor=args.actor, limit=args.limit, since=args.since, broker=broker)
+    if args.json:
+        _print_json([dataclasses.asdict(r) for r in report.results])
+        return 0 if report.ok else 1
+    for r in report.results:
+        where = f"{r.execution_id} ({r.actor}, {r.status})"
+        if r.outcome == "diverged":
+            print(f"{where}: diverges at {r.step} ({r.kind}): {r.message}")
+        elif r.outcome == "error":
+            print(f"{where}: fails to replay: {r.message}")
+        elif r.outcome == "skipped":
+            print(f"{where}: skipped, its actor is not declared by {args.app[0]}")
+    counts = [
+        _plural(report.count("clean"), "execution replays", "executions replay") + " cleanly",
+        f"{report.count('diverged')} diverge{'s' if report.count('diverged') == 1 else ''}",
+        f"{report.count('error')} fail{'s' if report.count('error') == 1 else ''} to replay",
+        f"{report.count('skipped')} skipped",
+    ]
+    print(", ".join(counts))
+    return 0 if report.ok else 1
+
+
 def cmd_retry(session: Session, args: argparse.Namespace) -> int:
     zart.retry(args.execution_id, broker=session.broker)
     print(f"restarted execution {args.execution_id!r} from its failed step")
@@ -535,6 +591,103 @@ def cmd_actors_resume(session: Session, args: argparse.Namespace) -> int:
     resent = zart.resume_actor(args.actor_name, broker=session.broker)
     print(f"resumed actor {args.actor_name!r}; {_plural(resent, 'wake-up', 'wake-ups')} sent")
     return 0
+
+
+def cmd_schedules_list(session: Session, args: argparse.Namespace) -> int:
+    found = zart.schedules.list(broker=session.broker)
+    if args.json:
+        _print_json([_schedule_json(s) for s in found])
+        return 0
+    print(
+        _table(
+            ("name", "actor", "when", "overlap", "catch-up", "next", "started", "missed", "state"),
+            [
+                (
+                    s.name,
+                    s.actor_name,
+                    _schedule_timing(s),
+                    s.overlap,
+                    s.catchup,
+                    s.next_fire_at,
+                    s.ticks_started,
+                    s.ticks_missed,
+                    _schedule_state(s),
+                )
+                for s in found
+            ],
+            empty="no schedules",
+        )
+    )
+    return 0
+
+
+def cmd_schedules_pause(session: Session, args: argparse.Namespace) -> int:
+    zart.schedules.pause(args.name, broker=session.broker)
+    print(f"paused schedule {args.name!r}: no tick of it starts until it is resumed")
+    return 0
+
+
+def cmd_schedules_resume(session: Session, args: argparse.Namespace) -> int:
+    if not zart.schedules.resume(args.name, broker=session.broker):
+        print(f"schedule {args.name!r} was not paused")
+        return 0
+    schedule = zart.schedules.get(args.name, broker=session.broker)
+    print(f"resumed schedule {args.name!r}; its next tick is at {_cell(schedule.next_fire_at)}")
+    return 0
+
+
+def cmd_schedules_trigger(session: Session, args: argparse.Namespace) -> int:
+    try:
+        execution_id = zart.schedules.trigger(args.name, key=args.key, broker=session.broker)
+    except zart.UnknownActor as e:
+        hint = "" if session.broker_spec else " (pass --broker MODULE:BROKER, before the command)"
+        raise CommandError(f"{e}{hint}") from None
+    print(f"started execution {execution_id!r}")
+    return 0
+
+
+def cmd_schedules_backfill(session: Session, args: argparse.Namespace) -> int:
+    try:
+        done = zart.schedules.backfill(args.name, args.start, args.end, broker=session.broker)
+    except zart.UnknownActor as e:
+        hint = "" if session.broker_spec else " (pass --broker MODULE:BROKER, before the command)"
+        raise CommandError(f"{e}{hint}") from None
+    print(
+        f"backfilled schedule {args.name!r}: {_plural(done.started, 'tick', 'ticks')} started, "
+        f"{done.existing} started before"
+    )
+    return 0
+
+
+def cmd_schedules_delete(session: Session, args: argparse.Namespace) -> int:
+    zart.schedules.delete(args.name, broker=session.broker)
+    print(
+        f"deleted schedule {args.name!r}; its executions stay (a schedule defined in code "
+        "comes back when a worker with that code boots)"
+    )
+    return 0
+
+
+def _schedule_timing(schedule: zart.Schedule) -> str:
+    if schedule.every is not None:
+        return f"every {schedule.every.total_seconds():g}s"
+    return f"{schedule.cron} ({schedule.tz})"
+
+
+def _schedule_state(schedule: zart.Schedule) -> str:
+    if schedule.paused_at is not None:
+        return f"paused since {_cell(schedule.paused_at)}"
+    if schedule.last_error is not None:
+        return f"failing: {_first_line(schedule.last_error)}"
+    return "active"
+
+
+def _schedule_json(schedule: zart.Schedule) -> dict[str, Any]:
+    shown = dataclasses.asdict(schedule)
+    every, window = shown.pop("every"), shown.pop("catchup_window")
+    shown["every_s"] = None if every is None else every.total_seconds()
+    shown["catchup_window_s"] = window.total_seconds()
+    return shown
 
 
 def cmd_send_event(session: Session, args: argparse.Namespace) -> int:
@@ -727,6 +880,20 @@ def _duration(text: str) -> timedelta:
     return timedelta(seconds=float(number) * _UNIT_SECONDS[unit])
 
 
+def _instant(text: str) -> datetime:
+    """A time with its zone, ISO 8601: ``2026-11-29T00:00:00+00:00`` or ``2026-11-29T00:00Z``."""
+    try:
+        value = datetime.fromisoformat(text.strip())
+    except ValueError:
+        value = None
+    if value is None or value.utcoffset() is None:
+        raise argparse.ArgumentTypeError(
+            f"invalid time {text!r}: give ISO 8601 with a zone, e.g. 2026-11-29T00:00:00+00:00 "
+            "or 2026-11-29T00:00Z"
+        )
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``zart-dramatiq``."""
     parser = argparse.ArgumentParser(
@@ -827,6 +994,15 @@ def build_parser() -> argparse.ArgumentParser:
         cmd_retry,
         "restart a failed, timed out or cancelled execution from its failed step",
     ).add_argument("execution_id", metavar="ID")
+    command(
+        execution_commands,
+        "unblock",
+        cmd_unblock,
+        "try the replay of a blocked execution now, rather than after its backoff",
+    ).add_argument("execution_id", metavar="ID")
+    sub = command(execution_commands, "fail", cmd_fail, "give up on a blocked execution: it fails")
+    sub.add_argument("execution_id", metavar="ID")
+    sub.add_argument("--reason", required=True, help="why, recorded in its error")
 
     sub = command(
         execution_commands,
@@ -854,6 +1030,65 @@ def build_parser() -> argparse.ArgumentParser:
     command(
         actor_commands, "resume", cmd_actors_resume, "let a paused actor's executions run again"
     ).add_argument("actor_name", metavar="ACTOR")
+
+    scheduled = commands.add_parser("schedules", help="durable schedules (zart.schedule)")
+    schedule_commands = scheduled.add_subparsers(dest="action", required=True, metavar="ACTION")
+    json_flag(command(schedule_commands, "list", cmd_schedules_list, "the schedules, by name"))
+    command(
+        schedule_commands, "pause", cmd_schedules_pause, "start no tick of a schedule until resumed"
+    ).add_argument("name", metavar="NAME")
+    command(
+        schedule_commands,
+        "resume",
+        cmd_schedules_resume,
+        "start a paused schedule's ticks again, from its next one",
+    ).add_argument("name", metavar="NAME")
+    sub = command(
+        schedule_commands,
+        "trigger",
+        cmd_schedules_trigger,
+        "start a schedule's actor now, once more (needs --broker: the actor's app)",
+    )
+    sub.add_argument("name", metavar="NAME")
+    sub.add_argument("--key", help="idempotency: a trigger with the same key starts nothing new")
+    sub = command(
+        schedule_commands,
+        "backfill",
+        cmd_schedules_backfill,
+        "start every tick of a schedule in [START, END), each once (needs --broker)",
+    )
+    sub.add_argument("name", metavar="NAME")
+    sub.add_argument("--start", type=_instant, required=True, metavar="TIME", help="ISO 8601")
+    sub.add_argument("--end", type=_instant, required=True, metavar="TIME", help="ISO 8601")
+    command(
+        schedule_commands, "delete", cmd_schedules_delete, "delete a schedule (not its executions)"
+    ).add_argument("name", metavar="NAME")
+
+    sub = command(
+        commands,
+        "replay-check",
+        cmd_replay_check,
+        "replay the journals of open and recent executions against the application's code, "
+        "writing nothing; exit status 1 naming each execution that diverges",
+    )
+    sub.add_argument(
+        "--app",
+        action="append",
+        required=True,
+        metavar="MODULE[:BROKER]",
+        help="the application's module, as the dramatiq command takes it (repeat for more "
+        "modules); its broker says where the executions are",
+    )
+    sub.add_argument("--actor", help="only this actor's executions")
+    sub.add_argument("--limit", type=_positive_int, default=1000, help="at most so many (1000)")
+    sub.add_argument(
+        "--since",
+        type=_duration,
+        default=timedelta(hours=24),
+        metavar="DURATION",
+        help="also those that ended this recently (24h)",
+    )
+    json_flag(sub)
 
     server = commands.add_parser("embedded", help="the embedded PostgreSQL (pgserver)")
     server_commands = server.add_subparsers(dest="action", required=True, metavar="ACTION")

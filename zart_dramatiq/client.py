@@ -12,24 +12,27 @@ from typing import Any
 
 import dramatiq
 
-from . import children, lifecycle, pauses, retention
+from . import children, lifecycle, pauses, retention, versioning
 from .actor import DurableActor
 from .errors import (
     ExecutionConflict,
     ExecutionFailed,
     ExecutionFinished,
+    NonDeterminismError,
     ResultTimeout,
     UnknownActor,
     UnknownExecution,
+    ZartError,
 )
 from .joins import child_ended, discard_wakeups
 from .lifecycle import TERMINAL
 from .middleware import DurableMiddleware, middleware_for
 from .pauses import PausedActor
-from .run import EXECUTION_ID, SEQ, continuation
-from .serialization import dump, input_hash, load
+from .run import EXECUTION_ID, SEQ, admit_waiters, continuation
+from .serialization import dump, error_to_json, input_hash, load
 from .store import RESULT_WAITER
 from .tracing import TRACE, carrier
+from .versioning import BlockInfo
 
 
 @dataclass(frozen=True)
@@ -127,6 +130,8 @@ class ExecutionInfo:
     groups: tuple[GroupInfo, ...] = ()
     children: tuple[ChildInfo, ...] = ()
     inbox: tuple[EventInfo, ...] = ()
+    #: For a blocked execution: where its replay diverged from its journal, and since when.
+    blocked: BlockInfo | None = None
 
 
 @dataclass(frozen=True)
@@ -204,11 +209,28 @@ def start(
     middleware's ``Limits.payload_bytes`` PayloadTooLarge, before anything is
     written. On broker_pg the execution and its first message commit together.
     """
+    return start_with_options(actor, args=args, kwargs=kwargs, execution_id=execution_id)
+
+
+def start_with_options(
+    actor: DurableActor,
+    *,
+    args: tuple[Any, ...] = (),
+    kwargs: dict[str, Any] | None = None,
+    execution_id: str | None = None,
+    priority: int | None = None,
+) -> ExecutionHandle:
+    """``start``, with options: ``priority`` orders the execution among others (lower
+    first, as Dramatiq's actor priority; the actor's by default): broker_pg claims its
+    messages in that order, and a concurrency key admits its waiters in it."""
     if not isinstance(actor, DurableActor):
         raise TypeError(f"{actor!r} is not durable: decorate it with @zart.durable")
+    if priority is not None and (not isinstance(priority, int) or isinstance(priority, bool)):
+        raise TypeError(f"priority must be a whole number (lower runs first), not {priority!r}")
     middleware = middleware_for(actor.broker)
     store = middleware.store
-    message = actor.message_with_options(args=args, kwargs=kwargs)
+    options = {} if priority is None else {lifecycle.PRIORITY: priority}
+    message = actor.message_with_options(args=args, kwargs=kwargs or {}, **options)
     execution_id = execution_id or message.message_id
     # Its runs join the caller's trace, if the caller is in one.
     message = continuation(message, **{EXECUTION_ID: execution_id, SEQ: 0, TRACE: carrier()})
@@ -300,7 +322,63 @@ def cancel(execution_id: str, *, broker: dramatiq.Broker | None = None) -> str:
         discard_wakeups(middleware.transport, tx, cancelled.wake_messages)
         if cancelled.previous not in TERMINAL and cancelled.parent_id is not None:
             child_ended(store, middleware.transport, tx, execution_id)
+        if cancelled.slot is not None:
+            admit_waiters(store, middleware.transport, tx, cancelled.slot)
     return cancelled.previous
+
+
+def unblock(execution_id: str, *, broker: dramatiq.Broker | None = None) -> bool:
+    """Try the replay of a blocked execution now, rather than after its backoff.
+
+    For code deployed that should replay it, when the deploy did not change its
+    actor's fingerprint (a fix outside the actor's module: or set
+    ``ZART_CODE_VERSION``). Returns False, doing nothing, if it is not blocked;
+    raises UnknownExecution.
+    """
+    middleware = _middleware(broker)
+    if versioning.unblock(middleware.store, middleware.transport, execution_id):
+        return True
+    if middleware.store.fetchone("execution_status", id=execution_id) is None:
+        raise UnknownExecution(f"cannot unblock: no execution has id {execution_id!r}")
+    return False
+
+
+def fail(execution_id: str, reason: str, *, broker: dramatiq.Broker | None = None) -> None:
+    """Give up on a blocked execution: it fails with ``reason``.
+
+    Its error is a NonDeterminismError naming ``reason`` and where its replay
+    diverged; its attached children are cancelled, a parent waiting for it gets
+    the error, and ``zart.retry`` runs it again (once code replays it). Raises
+    UnknownExecution, or ExecutionFinished if it has ended; only a blocked
+    execution can be failed (cancel another).
+    """
+    middleware = _middleware(broker)
+    store = middleware.store
+    block = versioning.block_info(store, execution_id)
+    where = "" if block is None else f"; its replay diverged at {block.step}: {block.message}"
+    error = error_to_json(
+        NonDeterminismError(
+            f"failed by an operator: {reason}{where}", step=None if block is None else block.step
+        )
+    )
+    with store.transaction() as tx:
+        failed = lifecycle.fail(store, tx, execution_id, error)
+        if failed is None:
+            raise UnknownExecution(f"cannot fail: no execution has id {execution_id!r}")
+        if failed.previous in TERMINAL:
+            raise ExecutionFinished(
+                f"cannot fail execution {execution_id!r}: it already ended {failed.previous}"
+            )
+        if failed.previous != lifecycle.BLOCKED:
+            raise ZartError(
+                f"cannot fail execution {execution_id!r}: it is {failed.previous}; only a "
+                "blocked execution can be failed (cancel this one instead)"
+            )
+        discard_wakeups(middleware.transport, tx, failed.wake_messages)
+        if failed.parent_id is not None:
+            child_ended(store, middleware.transport, tx, execution_id)
+        if failed.slot is not None:
+            admit_waiters(store, middleware.transport, tx, failed.slot)
 
 
 def retry(execution_id: str, *, broker: dramatiq.Broker | None = None) -> None:
@@ -412,8 +490,10 @@ def get_execution(execution_id: str, *, broker: dramatiq.Broker | None = None) -
     groups = tuple(_group(*row) for row in store.fetchall("get_groups", id=execution_id))
     children = tuple(ChildInfo(*child) for child in store.fetchall("get_children", id=execution_id))
     inbox = tuple(EventInfo(*event) for event in store.fetchall("get_events", id=execution_id))
+    info = ExecutionInfo(*row)
+    blocked = versioning.block_info(store, execution_id) if info.status == "blocked" else None
     return dataclasses.replace(
-        ExecutionInfo(*row), steps=steps, groups=groups, children=children, inbox=inbox
+        info, steps=steps, groups=groups, children=children, inbox=inbox, blocked=blocked
     )
 
 

@@ -12,7 +12,19 @@ class NotInExecution(ZartError):
 
 
 class NonDeterminismError(ZartError):
-    """On replay, the body reached a step differently from what the journal recorded."""
+    """On replay, the body reached a step differently from what the journal recorded.
+
+    ``step`` names the first journal entry where the replay diverged (``step:charge``);
+    ``kind`` says how: ``changed`` (another function), ``unrecorded`` (a call the journal
+    does not have there: added, or renamed), ``out_of_order`` (a call the journal has
+    further on: reordered, or the entries before it skipped), ``missing`` (the body
+    ended, or continued as new, before replaying the entry).
+    """
+
+    def __init__(self, message: str, *, step: str | None = None, kind: str | None = None) -> None:
+        super().__init__(message)
+        self.step = step
+        self.kind = kind
 
 
 class ExecutionConflict(ZartError):
@@ -29,6 +41,10 @@ class UnknownActor(ZartError, LookupError):
 
 class ExecutionFinished(ZartError):
     """The execution already ended, so it cannot take this request."""
+
+
+class ConcurrencyKeyError(ZartError, ValueError):
+    """An execution's concurrency key could not be computed from its input."""
 
 
 class SerializationError(ZartError, TypeError):
@@ -133,3 +149,11 @@ class PayloadTooLarge(LimitExceeded, ValueError):
             "id, an object-storage key) instead, or raise the limit with "
             "DurableMiddleware(limits=Limits(payload_bytes=...))."
         )
+
+
+class InvalidSchedule(ZartError, ValueError):
+    """A schedule's definition, or a request about one, that cannot work; says what to change."""
+
+
+class UnknownSchedule(ZartError, LookupError):
+    """No schedule has this name."""

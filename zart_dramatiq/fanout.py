@@ -135,10 +135,12 @@ def _join(
     signature = f"{mode}/{len(calls)}"
     recorded = run.journal.get(key)
     if recorded is not None and recorded.get("fn") not in (None, signature):
-        raise run.final(
+        raise run.diverge(
             NonDeterminismError(
                 f"group {name!r} ({key}) was recorded as {recorded['fn']} (mode/branches) but "
-                f"is now {signature}: the workflow's code changed under a running execution"
+                f"is now {signature}: the workflow's code changed under a running execution",
+                step=key,
+                kind="changed",
             )
         )
 
@@ -184,7 +186,14 @@ def _open(
     if not opened[0]:
         # A retry forgot the entry of the group whose failure failed the execution.
         store.run(tx, "reopen_group", branches=branches, **where)
-    store.run(tx, "open_group_entry", name=name, fn=signature, **where)
+    store.run(
+        tx,
+        "open_group_entry",
+        name=name,
+        fn=signature,
+        position=run.timeline.positions.get(key),
+        **where,
+    )
     queued = store.run_all(tx, "queue_branches", start=0, count=window or len(calls), **where)
     run.transport.send_many(tx, [dramatiq.Message.decode(payload) for _, payload in queued])
 
@@ -214,10 +223,12 @@ def _outcome(run: Run, name: str, entry: dict[str, Any], calls: Sequence[Call], 
     outcome = entry["result"] or {}
     branches = outcome.get("branches") or []
     if len(branches) != len(calls):
-        raise run.final(
+        raise run.diverge(
             NonDeterminismError(
                 f"group {name!r} was recorded with {len(branches)} branches but is now called "
-                f"with {len(calls)}: the workflow's code changed under a running execution"
+                f"with {len(calls)}: the workflow's code changed under a running execution",
+                step=entry.get("key"),
+                kind="changed",
             )
         )
     if entry["status"] == "failed":

@@ -36,6 +36,8 @@ def continue_as_new(*args: Any, **kwargs: Any) -> NoReturn:
             "function runs once and records what it returns, so it cannot end the run. Call "
             "zart.continue_as_new in the durable actor's body, after the step returns."
         )
+    # This generation's journal is dropped: a replay must have reached its end first.
+    run.check_replayed()
     actor = run.transport.broker.get_actor(run.delivery.actor_name)
     assert isinstance(actor, DurableActor)
     try:

@@ -8,9 +8,11 @@ moved it out of ``running``, they match nothing and raise ``Refused``.
     pending ─┐
     sleeping ├─ acquire ─> running ─ suspend ─> sleeping | waiting | retrying
     waiting  │                     ─ finish ──> completed | failed | timed_out
-    retrying ┘                     ─ abandon ─> retrying   (its run ended unrecorded)
-                                   ─ continue_as_new ─> pending   (its next generation)
+    retrying │                     ─ abandon ─> retrying   (its run ended unrecorded)
+    blocked ─┘                     ─ continue_as_new ─> pending   (its next generation)
+                                   ─ block ───> blocked   (its replay diverged from the journal)
     any active ─ cancel ─> cancelled   (also: its parent ended, for an attached child)
+    blocked ─ fail ─> failed   (an operator gives up on it)
     failed | cancelled | timed_out ─ reopen ─> pending
     any ended ─ rerun ─> pending   (the journal from a step on is forgotten)
 
@@ -26,6 +28,7 @@ from uuid import UUID
 
 import dramatiq
 
+from .concurrency import Slot, key_of
 from .serialization import input_hash
 from .signals import Refused
 from .store import Store, Transaction
@@ -42,12 +45,18 @@ COMPLETED = "completed"
 FAILED = "failed"
 CANCELLED = "cancelled"
 TIMED_OUT = "timed_out"
+#: The replay met code other than the journal recorded: parked until code that replays it.
+BLOCKED = "blocked"
+
+#: The message option that orders an execution among others: lower first, as Dramatiq's
+#: actor priority (broker_pg claims by it; slots are admitted by it).
+PRIORITY = "priority"
 
 #: Statuses an execution never leaves, except by an explicit reopen.
 TERMINAL = frozenset({COMPLETED, FAILED, CANCELLED, TIMED_OUT})
 #: Statuses of executions that still have work to do.
-ACTIVE = frozenset({PENDING, RUNNING, SLEEPING, WAITING, RETRYING})
-STATUSES = (PENDING, RUNNING, SLEEPING, WAITING, RETRYING, *sorted(TERMINAL))
+ACTIVE = frozenset({PENDING, RUNNING, SLEEPING, WAITING, RETRYING, BLOCKED})
+STATUSES = (PENDING, RUNNING, SLEEPING, WAITING, RETRYING, BLOCKED, *sorted(TERMINAL))
 
 #: Each transition, with the statuses it may leave.
 _ACQUIRE = sorted(ACTIVE)
@@ -55,6 +64,7 @@ _RUN_ONLY = [RUNNING]
 _CANCEL = sorted(ACTIVE)
 _REOPEN = [FAILED, CANCELLED, TIMED_OUT]
 _RERUN = sorted(TERMINAL)
+_FAIL = [BLOCKED]
 
 
 @dataclass(frozen=True)
@@ -79,6 +89,9 @@ class Acquired:
     age_s: float = 0.0
     #: Seconds since the wake-up time it was suspended until, if any.
     lateness_s: float | None = None
+    #: The concurrency key it holds a slot of, and how long it holds it ('open' or 'running').
+    slot_key: str | None = None
+    slot_scope: str | None = None
 
 
 @dataclass(frozen=True)
@@ -97,6 +110,8 @@ class Cancelled:
     #: The pending wake-ups of the execution and of its attached descendants.
     wake_messages: list[int | None]
     parent_id: str | None
+    #: The concurrency key whose slot it gave back, if it held one.
+    slot: Slot | None = None
 
 
 @dataclass(frozen=True)
@@ -122,6 +137,7 @@ def create(
     """
     args = list(message.args)
     timeout = actor.durable_timeout
+    limit = actor.concurrency
     row = store.run(
         tx,
         "insert_execution",
@@ -135,6 +151,9 @@ def create(
         parent_id=None if parent is None else parent.execution_id,
         parent_step=None if parent is None else parent.step_key,
         detached=parent is not None and parent.detached,
+        slot_key=key_of(actor, args, message.kwargs),
+        slot_scope=None if limit is None else limit.scope,
+        priority=message.options.get(PRIORITY, actor.priority),
     )
     return row is not None
 
@@ -161,6 +180,8 @@ def acquire(store: Store, execution_id: str, seq: int, worker_id: UUID) -> Acqui
         journal=journal[0],
         age_s=row[4],
         lateness_s=row[5],
+        slot_key=row[6],
+        slot_scope=row[7],
     )
 
 
@@ -181,6 +202,31 @@ def suspend(
     None means only an event can wake it.
     """
     assert status in (SLEEPING, WAITING, RETRYING)
+    return _suspend(
+        store,
+        tx,
+        run,
+        status=status,
+        seq=seq,
+        message=message,
+        waiting_for=waiting_for,
+        wake_at=wake_at,
+        wake_in_s=wake_in_s,
+    )
+
+
+def _suspend(
+    store: Store,
+    tx: Transaction,
+    run: RunRef,
+    *,
+    status: str,
+    seq: int,
+    message: bytes,
+    waiting_for: str | None,
+    wake_at: datetime | None,
+    wake_in_s: float | None,
+) -> int | None:
     row = store.run(
         tx,
         "suspend",
@@ -255,6 +301,55 @@ def continue_as_new(
     return row[0]  # type: ignore[no-any-return]
 
 
+def block(
+    store: Store,
+    tx: Transaction,
+    run: RunRef,
+    *,
+    seq: int,
+    message: bytes,
+    waiting_for: str,
+    wake_in_s: float,
+) -> int | None:
+    """running -> blocked: the run's replay diverged from the journal at ``waiting_for``.
+
+    A suspension like the others (the same statement, fenced by the run's token): the
+    resuming message, due in ``wake_in_s`` (or at the deadline, if sooner), tries the
+    replay again. Returns ms until it is due.
+    """
+    return _suspend(
+        store,
+        tx,
+        run,
+        status=BLOCKED,
+        seq=seq,
+        message=message,
+        waiting_for=waiting_for,
+        wake_at=None,
+        wake_in_s=wake_in_s,
+    )
+
+
+def fail(
+    store: Store, tx: Transaction, execution_id: str, error: dict[str, Any]
+) -> Cancelled | None:
+    """blocked -> failed, by an operator, with ``error``; its attached descendants are cancelled.
+
+    None if no execution has this id. Like a cancel, returns the pending wake-ups to drop.
+    """
+    store.run(tx, "lock_parent_of", id=execution_id)
+    row = store.run(tx, "fail_blocked", id=execution_id, error=error, sources=_FAIL)
+    if row is None:
+        return None
+    previous, wake_message, parent_id, actor_name, slot_key = row[:5]
+    if previous not in _FAIL:
+        return Cancelled(previous, [], parent_id)
+    slot = None if slot_key is None else Slot(actor_name, slot_key, "open")
+    return Cancelled(
+        previous, [wake_message, *_cancel_descendants(store, tx, execution_id)], parent_id, slot
+    )
+
+
 def release_owner(store: Store, run: RunRef) -> None:
     """A stopped run lets go of its execution (which is no longer running)."""
     store.write("release_owner", id=run.execution_id, token=run.token)
@@ -275,11 +370,13 @@ def cancel(store: Store, tx: Transaction, execution_id: str) -> Cancelled | None
     row = store.run(tx, "cancel", id=execution_id, sources=_CANCEL)
     if row is None:
         return None
-    previous, wake_message, parent_id = row[0], row[1], row[2]
+    previous, wake_message, parent_id, actor_name, slot_key = row[:5]
     if previous in TERMINAL:
         return Cancelled(previous, [], parent_id)
+    # Any scope: a waiter's place is given up too. (Descendants' keys: the sweeper.)
+    slot = None if slot_key is None else Slot(actor_name, slot_key, "open")
     return Cancelled(
-        previous, [wake_message, *_cancel_descendants(store, tx, execution_id)], parent_id
+        previous, [wake_message, *_cancel_descendants(store, tx, execution_id)], parent_id, slot
     )
 
 

@@ -64,6 +64,16 @@ class Metrics:
             "zart_runs_taken_over_total",
             "Runs resumed from their journal after their worker was presumed lost",
         )
+        self.schedule_ticks_started = Counter(
+            "zart_schedule_ticks_started_total",
+            "Executions started by schedule ticks (zart.schedule)",
+            ["schedule"],
+        )
+        self.schedule_ticks_missed = Counter(
+            "zart_schedule_ticks_missed_total",
+            "Due schedule ticks not started, by reason (catchup, overlap, error)",
+            ["schedule", "reason"],
+        )
 
 
 _lock = threading.Lock()
@@ -107,5 +117,17 @@ def observe(name: str, value: float | None = None, **labels: Any) -> None:
             child.inc()
         else:
             child.observe(value)
+    except Exception:
+        logger.warning("Could not count %s %s.", name, labels, exc_info=True)
+
+
+def count(name: str, amount: int, **labels: Any) -> None:
+    """Add ``amount`` to counter ``name``, if metrics are on; never raises, like ``observe``."""
+    metrics = prepare()
+    if metrics is None or amount <= 0:
+        return
+    try:
+        metric = getattr(metrics, name)
+        (metric.labels(**labels) if labels else metric).inc(amount)
     except Exception:
         logger.warning("Could not count %s %s.", name, labels, exc_info=True)

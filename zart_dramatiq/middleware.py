@@ -38,9 +38,11 @@ from .runner import Runner
 from .store import Store
 from .sweeper import Sweeper
 from .transport import Transport, transport_for
+from .versioning import DEFAULT_BLOCKED_BACKOFF
 
 if TYPE_CHECKING:
     from .actor import DurableActor
+    from .scheduler import Scheduler
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +74,10 @@ class DurableMiddleware(dramatiq.Middleware):
       limits: what one execution may store: the entries of a generation's
         journal, and the size of a step result, event payload or input
         (``Limits``: 10,000 entries, 1 MiB).
+      blocked_backoff: the first and the longest wait before the replay of a
+        blocked execution (one whose replay diverged from its journal) is tried
+        again, doubling in between; a worker with other code for its actor tries
+        it at once (``versioning``).
     """
 
     def __init__(
@@ -85,6 +91,7 @@ class DurableMiddleware(dramatiq.Middleware):
         write_timeout: float = 30.0,
         execution_retention: timedelta | None = timedelta(days=30),
         limits: Limits = DEFAULT_LIMITS,
+        blocked_backoff: tuple[timedelta, timedelta] = DEFAULT_BLOCKED_BACKOFF,
     ) -> None:
         self.url = url
         self.schema = schema
@@ -94,11 +101,13 @@ class DurableMiddleware(dramatiq.Middleware):
         self.write_timeout = write_timeout
         self.execution_retention = execution_retention
         self.limits = limits
+        self.blocked_backoff = blocked_backoff
         self.broker: dramatiq.Broker | None = None
         self._store: Store | None = None
         self._transport: Transport | None = None
         self._runner: Runner | None = None
         self._sweeper: Sweeper | None = None
+        self._scheduler: Scheduler | None = None
         self._presence: WorkerPresence | None = None
         self._listener: Listener | None = None
         self._lock = threading.Lock()
@@ -130,6 +139,7 @@ class DurableMiddleware(dramatiq.Middleware):
                 worker_id=lambda: self.worker_id,
                 lease_timeout=self._lease_timeout,
                 limits=self.limits,
+                blocked_backoff=self.blocked_backoff,
             )
             self._sweeper = Sweeper(
                 self._store,
@@ -158,6 +168,16 @@ class DurableMiddleware(dramatiq.Middleware):
         if self._sweeper is None:
             raise ZartError("DurableMiddleware is not attached to a broker yet")
         return self._sweeper
+
+    @property
+    def scheduler(self) -> Scheduler:
+        """This process's schedules loop (``scheduler.Scheduler``); workers start it at boot."""
+        from .scheduler import Scheduler  # it imports the client API, which imports us
+
+        with self._lock:
+            if self._scheduler is None:
+                self._scheduler = Scheduler(self)
+            return self._scheduler
 
     @property
     def worker_id(self) -> UUID:
@@ -205,10 +225,13 @@ class DurableMiddleware(dramatiq.Middleware):
         if not self.transport.atomic:
             self._own_presence()  # heartbeats for the bodies this worker runs
         self.sweeper.start()
+        self.scheduler.start()  # writes the schedules defined in code, then fires their ticks
 
     def after_worker_shutdown(self, broker: dramatiq.Broker, worker: Any) -> None:
         if self._sweeper is not None:
             self._sweeper.stop()
+        if self._scheduler is not None:
+            self._scheduler.stop()
         with self._lock:
             listener, self._listener = self._listener, None
             presence, self._presence = self._presence, None

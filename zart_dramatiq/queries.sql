@@ -4,12 +4,13 @@
 -- An attached child without a timeout of its own inherits its parent's deadline.
 INSERT INTO {schema}.executions
        (id, actor_name, queue_name, input_hash, input, deadline, resume_message,
-        parent_id, parent_step, detached)
+        parent_id, parent_step, detached, slot_key, slot_scope, priority)
 VALUES (%(id)s, %(actor_name)s, %(queue_name)s, %(input_hash)s, %(input)s,
         coalesce(statement_timestamp() + %(timeout_s)s * interval '1 second',
                  (SELECT deadline FROM {schema}.executions
                    WHERE id = %(parent_id)s AND NOT %(detached)s)),
-        %(message)s, %(parent_id)s, %(parent_step)s, %(detached)s)
+        %(message)s, %(parent_id)s, %(parent_step)s, %(detached)s,
+        %(slot_key)s, %(slot_scope)s, %(priority)s)
 ON CONFLICT (id) DO NOTHING
 RETURNING id
 
@@ -28,6 +29,8 @@ UPDATE {schema}.executions AS e
  WHERE e.id = %(id)s AND e.wake_seq = %(seq)s AND e.status = ANY(%(sources)s)
    AND (e.run_owner IS NULL OR e.run_owner = %(worker_id)s
         OR NOT EXISTS (SELECT 1 FROM {schema}.workers AS w WHERE w.id = e.run_owner))
+   -- A limited one runs only with a slot of its key (concurrency.py admits it).
+   AND (e.slot_key IS NULL OR e.slot_admitted)
    -- An operator's pause holds it: resume sends its wake-up again if it is due.
    AND e.paused_at IS NULL
    AND NOT EXISTS (SELECT 1 FROM {schema}.paused_actors AS p WHERE p.actor_name = e.actor_name)
@@ -37,7 +40,8 @@ RETURNING e.runs,
           e.parent_id,
           extract(epoch FROM statement_timestamp() - e.created_at)::float8 AS age_s,
           -- How late a wake-up at a time is served (negative: woken early, by an event).
-          extract(epoch FROM statement_timestamp() - e.wake_at)::float8 AS lateness_s
+          extract(epoch FROM statement_timestamp() - e.wake_at)::float8 AS lateness_s,
+          e.slot_key, e.slot_scope
 
 -- name: journal
 -- The whole journal of the run that acquire just started, read by a statement
@@ -47,7 +51,9 @@ SELECT coalesce(jsonb_agg(jsonb_build_object(
            'key', s.step_key, 'kind', s.kind, 'fn', s.fn, 'status', s.status,
            'result', s.result, 'error', s.error, 'attempts', s.attempts,
            'elapsed_s', extract(epoch FROM statement_timestamp() - s.started_at),
-           'due', s.wake_at IS NOT NULL AND s.wake_at <= statement_timestamp())),
+           'due', s.wake_at IS NOT NULL AND s.wake_at <= statement_timestamp(),
+           -- Its place among the body's calls (timeline.py); NULL before migration 0015.
+           'position', s.position)),
        '[]'::jsonb)
   FROM {schema}.steps AS s WHERE s.execution_id = %(id)s
 
@@ -55,7 +61,8 @@ SELECT coalesce(jsonb_agg(jsonb_build_object(
 -- Why acquire refused: the execution as a delivery sees it.
 SELECT e.status, e.wake_seq, e.run_owner IS NOT NULL, e.result, e.finished_by,
        e.paused_at IS NOT NULL
-       OR EXISTS (SELECT 1 FROM {schema}.paused_actors AS p WHERE p.actor_name = e.actor_name)
+       OR EXISTS (SELECT 1 FROM {schema}.paused_actors AS p WHERE p.actor_name = e.actor_name),
+       e.slot_key IS NOT NULL AND NOT e.slot_admitted
   FROM {schema}.executions AS e WHERE e.id = %(id)s
 
 -- name: fence_state
@@ -76,10 +83,10 @@ WITH batch AS (
       FROM ROWS FROM (jsonb_to_recordset(%(batch)s::jsonb)
                       AS (execution_id text, token int, key text, kind text, name text,
                           fn text, status text, result jsonb, error jsonb, attempts int,
-                          duration_ms float8, wake_in_s float8))
+                          duration_ms float8, wake_in_s float8, position int))
            WITH ORDINALITY
            AS b (id, token, key, kind, name, fn, status, result, error, attempts,
-                 duration_ms, wake_in_s, n)
+                 duration_ms, wake_in_s, position, n)
 ), fence AS (
     SELECT b.n, e.deadline IS NOT NULL AND e.deadline <= statement_timestamp() AS expired
       FROM batch AS b
@@ -88,11 +95,11 @@ WITH batch AS (
 ), saved AS (
     INSERT INTO {schema}.steps AS s
            (execution_id, step_key, kind, name, fn, status, result, error, attempts,
-            started_at, finished_at, wake_at)
+            started_at, finished_at, wake_at, position)
     SELECT b.id, b.key, b.kind, b.name, b.fn, b.status, b.result, b.error, b.attempts,
            statement_timestamp() - b.duration_ms * interval '1 millisecond',
            CASE WHEN b.status IN ('completed', 'failed', 'timed_out') THEN statement_timestamp() END,
-           statement_timestamp() + b.wake_in_s * interval '1 second'
+           statement_timestamp() + b.wake_in_s * interval '1 second', b.position
       FROM batch AS b JOIN fence USING (n)
     ON CONFLICT (execution_id, step_key) DO UPDATE
        SET status = CASE WHEN s.status IN ('completed', 'failed', 'timed_out')
@@ -118,9 +125,10 @@ SELECT fence.n IS NOT NULL, e.status, fence.expired,
 -- name: begin_wait
 -- First encounter of a sleep or event wait fixes its due time; later runs
 -- find the recorded one, so every replay waits for the same instant.
-INSERT INTO {schema}.steps (execution_id, step_key, kind, name, status, wake_at)
+INSERT INTO {schema}.steps (execution_id, step_key, kind, name, status, wake_at, position)
 VALUES (%(id)s, %(key)s, %(kind)s, %(name)s, 'waiting',
-        coalesce(%(until)s, statement_timestamp() + %(seconds)s * interval '1 second'))
+        coalesce(%(until)s, statement_timestamp() + %(seconds)s * interval '1 second'),
+        %(position)s)
 ON CONFLICT (execution_id, step_key) DO UPDATE SET wake_at = {schema}.steps.wake_at
 RETURNING wake_at, wake_at IS NOT NULL AND wake_at <= statement_timestamp() AS due
 
@@ -149,6 +157,7 @@ WITH paused AS (
     UPDATE {schema}.executions
        SET status = %(status)s, run_owner = NULL, wake_seq = %(seq)s,
            waiting_for = %(waiting_for)s,
+           slot_admitted = slot_admitted AND slot_scope IS DISTINCT FROM 'running',
            wake_at = coalesce(%(wake_at)s, statement_timestamp() + %(wake_in_s)s * interval '1 second'),
            resume_message = %(message)s, updated_at = now()
      WHERE id = %(id)s AND runs = %(token)s AND status = ANY(%(sources)s)
@@ -200,7 +209,8 @@ SELECT e.id, e.runs, e.status, e.run_owner = %(worker_id)s
 -- worker died, or its writes kept failing): a new run starts from the journal.
 UPDATE {schema}.executions
    SET status = 'retrying', run_owner = NULL, wake_seq = wake_seq + 1,
-       wake_at = statement_timestamp(), updated_at = now()
+       wake_at = statement_timestamp(), updated_at = now(),
+       slot_admitted = slot_admitted AND slot_scope IS DISTINCT FROM 'running'
  WHERE id = %(id)s AND runs = %(token)s AND status = ANY(%(sources)s)
 RETURNING wake_seq, resume_message
 
@@ -214,7 +224,8 @@ WITH renewed AS (
     UPDATE {schema}.executions
        SET status = 'pending', generation = generation + 1, input = %(input)s,
            run_owner = NULL, wake_seq = %(seq)s, waiting_for = NULL, wake_at = NULL,
-           resume_message = %(message)s, updated_at = now()
+           resume_message = %(message)s, updated_at = now(),
+           slot_admitted = slot_admitted AND slot_scope IS DISTINCT FROM 'running'
      WHERE id = %(id)s AND runs = %(token)s AND status = ANY(%(sources)s)
     RETURNING id, generation
 ), cleared AS (
@@ -227,7 +238,7 @@ SELECT generation FROM renewed
 
 -- name: cancel
 WITH target AS (
-    SELECT id, status, wake_message, parent_id
+    SELECT id, status, wake_message, parent_id, actor_name, slot_key
       FROM {schema}.executions WHERE id = %(id)s FOR UPDATE
 ), done AS (
     UPDATE {schema}.executions AS e
@@ -237,7 +248,7 @@ WITH target AS (
      WHERE e.id = target.id AND target.status = ANY(%(sources)s)
     RETURNING e.id
 )
-SELECT target.status, target.wake_message, target.parent_id,
+SELECT target.status, target.wake_message, target.parent_id, target.actor_name, target.slot_key,
        (SELECT count(pg_notify(%(channel)s, id)) FROM done
          WHERE EXISTS (SELECT 1 FROM {schema}.listeners WHERE channel = %(channel)s))
   FROM target
@@ -319,7 +330,7 @@ SELECT name, key, payload, sent_at, consumed_by
 -- index of active executions, never the ended ones.
 SELECT status, actor_name, count(*)
   FROM {schema}.executions
- WHERE status IN ('pending', 'running', 'sleeping', 'waiting', 'retrying')
+ WHERE status IN ('pending', 'running', 'sleeping', 'waiting', 'retrying', 'blocked')
  GROUP BY status, actor_name
 
 -- name: execution_status
@@ -396,6 +407,7 @@ WITH target AS (
     UPDATE {schema}.executions AS e
        SET status = 'pending', error = NULL, finished_at = NULL, finished_by = NULL,
            wake_seq = e.wake_seq + 1, updated_at = now(),
+           slot_admitted = false, slot_waiting_since = NULL,
            deadline = statement_timestamp() + (e.deadline - e.created_at)
       FROM target
      WHERE e.id = target.id AND target.status = ANY(%(sources)s)
@@ -431,6 +443,7 @@ WITH target AS (
     UPDATE {schema}.executions AS e
        SET status = 'pending', result = NULL, error = NULL, finished_at = NULL,
            finished_by = NULL, wake_seq = e.wake_seq + 1, updated_at = now(),
+           slot_admitted = false, slot_waiting_since = NULL,
            deadline = statement_timestamp() + (e.deadline - e.created_at)
       FROM target
      WHERE e.id = target.id AND target.status = ANY(%(sources)s)
@@ -575,8 +588,8 @@ UPDATE {schema}.step_groups
 
 -- name: open_group_entry
 -- The parent's journal entry for a group, waiting until the group ends.
-INSERT INTO {schema}.steps (execution_id, step_key, kind, name, fn, status)
-VALUES (%(id)s, %(key)s, 'group', %(name)s, %(fn)s, 'waiting')
+INSERT INTO {schema}.steps (execution_id, step_key, kind, name, fn, status, position)
+VALUES (%(id)s, %(key)s, 'group', %(name)s, %(fn)s, 'waiting', %(position)s)
 ON CONFLICT (execution_id, step_key) DO NOTHING
 
 -- name: queue_branches
@@ -763,3 +776,186 @@ DELETE FROM {schema}.paused_actors WHERE actor_name = %(actor)s
 
 -- name: paused_actors
 SELECT actor_name, paused_at FROM {schema}.paused_actors ORDER BY actor_name
+
+-- name: wait_for_slot
+-- An execution whose delivery found no slot of its key waits for one, in the
+-- order of its first ask. Locks its row before the key's (see admit).
+UPDATE {schema}.executions
+   SET slot_waiting_since = coalesce(slot_waiting_since, statement_timestamp())
+ WHERE id = %(id)s AND slot_key IS NOT NULL AND NOT slot_admitted
+   AND status IN ('pending', 'sleeping', 'waiting', 'retrying', 'blocked')
+RETURNING actor_name, slot_key, slot_scope
+
+-- name: lock_concurrency_key
+-- Serializes the admissions of one key, and keeps the limit the code declares
+-- (NULL: the one recorded).
+INSERT INTO {schema}.concurrency_keys AS k (actor_name, key, max)
+VALUES (%(actor)s, %(key)s, coalesce(%(max)s, 1))
+ON CONFLICT (actor_name, key) DO UPDATE SET max = coalesce(%(max)s, k.max)
+RETURNING max
+
+-- name: admit
+-- Admits a key's waiters while it has room, by priority and then in order of
+-- asking. A statement of its own after lock_concurrency_key, so it counts the
+-- admissions committed by the lock's previous holder. Only active executions
+-- hold slots: one that ends gives its slot back in the transaction that ends
+-- it. Lock order is an execution's row, then its key's; rows busy elsewhere
+-- are passed over here (their own transaction, or the sweeper, admits them).
+WITH room AS (
+    SELECT greatest(%(max)s - count(*), 0) AS n FROM {schema}.executions
+     WHERE actor_name = %(actor)s AND slot_key = %(key)s AND slot_admitted
+       AND status IN ('pending', 'running', 'sleeping', 'waiting', 'retrying',
+                      'blocked')
+), next AS (
+    SELECT id FROM {schema}.executions
+     WHERE actor_name = %(actor)s AND slot_key = %(key)s AND slot_waiting_since IS NOT NULL
+       AND status IN ('pending', 'sleeping', 'waiting', 'retrying', 'blocked')
+     ORDER BY priority, slot_waiting_since, id
+     LIMIT (SELECT n FROM room)
+       FOR UPDATE SKIP LOCKED
+)
+UPDATE {schema}.executions AS e
+   SET slot_admitted = true, slot_waiting_since = NULL, updated_at = now()
+  FROM next
+ WHERE e.id = next.id
+RETURNING e.id, e.resume_message, e.wake_seq
+
+-- name: keys_with_waiters
+-- Keys whose executions have waited for a slot longer than %(grace_s)s: the
+-- sweeper admits them if a release passed them over.
+SELECT DISTINCT actor_name, slot_key, slot_scope FROM {schema}.executions
+ WHERE slot_waiting_since < now() - %(grace_s)s * interval '1 second'
+   AND status IN ('pending', 'sleeping', 'waiting', 'retrying', 'blocked')
+ LIMIT 100
+
+-- name: reserve_token
+-- Reserves the next token of bucket (name, key), refilled at %(rate)s a
+-- second up to %(burst)s; returns the seconds until it may be used (0: now).
+-- The bucket may go into debt: each reservation waits its turn, in order.
+INSERT INTO {schema}.rate_buckets AS b (name, key, tokens, refilled_at)
+VALUES (%(name)s, %(key)s, %(burst)s - 1, statement_timestamp())
+ON CONFLICT (name, key) DO UPDATE
+   SET tokens = least(%(burst)s::float8,
+                      b.tokens + %(rate)s * extract(epoch FROM statement_timestamp() - b.refilled_at))
+                - 1,
+       refilled_at = statement_timestamp()
+RETURNING greatest(-b.tokens / %(rate)s,
+                   extract(epoch FROM b.closed_until - statement_timestamp())::float8,
+                   0)
+
+-- name: close_bucket
+-- zart.RetryAfter: no token of (name, key) is usable before %(seconds)s from now.
+INSERT INTO {schema}.rate_buckets AS b (name, key, tokens, refilled_at, closed_until)
+VALUES (%(name)s, %(key)s, %(burst)s, statement_timestamp(),
+        statement_timestamp() + %(seconds)s * interval '1 second')
+ON CONFLICT (name, key) DO UPDATE
+   SET closed_until = greatest(b.closed_until, excluded.closed_until)
+
+-- Safe deploys (versioning.py, replay_check.py): blocked executions and replay checks.
+
+-- name: note_block
+-- Where a run's replay diverged from the journal, and the fingerprint of its code
+-- (%(code)s). Blocked again at the same entry of the same generation, it counts one
+-- more block in a row and adds the code to those that tried; blocked elsewhere, it
+-- starts afresh. Returns the count: the next try waits longer each time.
+INSERT INTO {schema}.blocked_executions AS b
+       (execution_id, generation, step_key, divergence, codes)
+VALUES (%(id)s, %(generation)s, %(step)s, %(error)s, ARRAY[%(code)s::text])
+ON CONFLICT (execution_id) DO UPDATE
+   SET blocks = CASE WHEN b.generation = excluded.generation AND b.step_key = excluded.step_key
+                     THEN b.blocks + 1 ELSE 1 END,
+       codes = CASE WHEN b.generation <> excluded.generation OR b.step_key <> excluded.step_key
+                    THEN excluded.codes
+                    WHEN %(code)s = ANY (b.codes) THEN b.codes
+                    ELSE b.codes || excluded.codes END,
+       first_blocked_at = CASE WHEN b.generation = excluded.generation
+                                AND b.step_key = excluded.step_key
+                               THEN b.first_blocked_at ELSE now() END,
+       generation = excluded.generation, step_key = excluded.step_key,
+       divergence = excluded.divergence, blocked_at = now()
+RETURNING blocks
+
+-- name: blocked_to_wake
+-- Blocked executions of the actors a worker declares (%(actors)s: actor name ->
+-- fingerprint of its code) that a run of that code should try now: no code with
+-- this fingerprint has tried them at the entry where they diverged; or their
+-- wake-up is %(grace_s)s seconds overdue (a message lost on a broker other than
+-- broker_pg, or dropped while the execution was paused). The fingerprint is
+-- noted, so each version of the code wakes an execution once, however many workers
+-- run it; a still-incompatible replay blocks again and waits out its backoff.
+-- Paused executions and actors are left alone; a bounded batch per call.
+WITH declared AS (
+    SELECT key AS actor_name, value #>> '{{}}' AS code FROM jsonb_each(%(actors)s::jsonb)
+), due AS (
+    SELECT e.id, d.code
+      FROM {schema}.executions AS e
+      JOIN declared AS d ON d.actor_name = e.actor_name
+      JOIN {schema}.blocked_executions AS b ON b.execution_id = e.id
+     WHERE e.status = 'blocked' AND e.run_owner IS NULL AND e.paused_at IS NULL
+       AND NOT EXISTS (SELECT 1 FROM {schema}.paused_actors AS p
+                        WHERE p.actor_name = e.actor_name)
+       AND (NOT d.code = ANY (b.codes)
+            OR (least(e.wake_at, e.deadline) < now() - %(grace_s)s * interval '1 second'
+                AND e.updated_at < now() - %(grace_s)s * interval '1 second'))
+     ORDER BY e.id
+     LIMIT %(limit)s
+       FOR UPDATE OF e SKIP LOCKED
+), tried AS (
+    UPDATE {schema}.blocked_executions AS b SET codes = b.codes || due.code
+      FROM due
+     WHERE b.execution_id = due.id AND NOT due.code = ANY (b.codes)
+)
+UPDATE {schema}.executions AS e SET wake_at = statement_timestamp(), updated_at = now()
+  FROM due
+ WHERE e.id = due.id
+RETURNING e.id, e.wake_message, e.resume_message, e.wake_seq
+
+-- name: unblock
+-- Try a blocked execution's replay now (zart.unblock): its wake-up is due at once.
+UPDATE {schema}.executions SET wake_at = statement_timestamp(), updated_at = now()
+ WHERE id = %(id)s AND status = 'blocked'
+RETURNING id, wake_message, resume_message, wake_seq
+
+-- name: fail_blocked
+-- blocked -> failed, by an operator (zart.fail), with the error given; its
+-- pending wake-up is dropped by the caller. The end is notified to result waiters.
+WITH target AS (
+    SELECT id, status, wake_message, parent_id, actor_name, slot_key
+      FROM {schema}.executions WHERE id = %(id)s FOR UPDATE
+), done AS (
+    UPDATE {schema}.executions AS e
+       SET status = 'failed', error = %(error)s, waiting_for = NULL, wake_at = NULL,
+           wake_message = NULL, finished_at = now(), updated_at = now()
+      FROM target
+     WHERE e.id = target.id AND target.status = ANY(%(sources)s)
+    RETURNING e.id
+)
+SELECT target.status, target.wake_message, target.parent_id, target.actor_name, target.slot_key,
+       (SELECT count(pg_notify(%(channel)s, id)) FROM done
+         WHERE EXISTS (SELECT 1 FROM {schema}.listeners WHERE channel = %(channel)s))
+  FROM target
+
+-- name: get_block
+-- Where and why a blocked execution diverged (get_execution, executions show).
+SELECT step_key, divergence, blocks, codes, first_blocked_at, blocked_at
+  FROM {schema}.blocked_executions WHERE execution_id = %(id)s
+
+-- name: replay_candidates
+-- The executions zart.replay_check replays against the code of this process:
+-- those not ended, and those that ended in the last %(since_s)s seconds (each
+-- branch read through its own partial index), newest first; optionally one actor's.
+WITH candidates AS (
+    SELECT id FROM {schema}.executions
+     WHERE status NOT IN ('completed', 'failed', 'cancelled', 'timed_out')
+       AND (%(actor)s::text IS NULL OR actor_name = %(actor)s)
+    UNION ALL
+    SELECT id FROM {schema}.executions
+     WHERE status IN ('completed', 'failed', 'cancelled', 'timed_out')
+       AND finished_at >= now() - %(since_s)s * interval '1 second'
+       AND (%(actor)s::text IS NULL OR actor_name = %(actor)s)
+)
+SELECT e.id, e.actor_name, e.status, e.input, e.resume_message, e.generation, e.runs,
+       e.parent_id
+  FROM candidates JOIN {schema}.executions AS e USING (id)
+ ORDER BY e.created_at DESC, e.id
+ LIMIT %(limit)s

@@ -24,13 +24,15 @@ from typing import Any
 import dramatiq
 from dramatiq import MessageProxy
 
-from . import lifecycle
+from . import concurrency, lifecycle
 from .body_retries import RETRIES
-from .errors import JournalTooLarge, NotAllowedOnEventLoop, NotInExecution
+from .concurrency import Slot
+from .errors import JournalTooLarge, NonDeterminismError, NotAllowedOnEventLoop, NotInExecution
 from .lifecycle import RunRef
 from .limits import DEFAULT_LIMITS, Limits
 from .signals import ContinuedAsNew, DeadlinePassed, Refused, Suspended
 from .store import StepRecord, Store, Transaction
+from .timeline import Timeline
 from .transport import Transport
 
 #: Message options that tie a delivery to its execution.
@@ -86,6 +88,16 @@ class Run:
     started: float = field(default_factory=time.monotonic)
     #: The execution's age when this run took it, in seconds.
     age_s: float = 0.0
+    #: The concurrency key its execution counts against, if its actor is limited.
+    slot: Slot | None = None
+    #: Set once the replay departed from the journal: the run records nothing more, and
+    #: every later zart call (and the body's end) raises it again.
+    divergence: NonDeterminismError | None = None
+    #: The journal's recorded order, which this run's calls are checked against.
+    timeline: Timeline = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.timeline = Timeline(self.journal)
 
     @property
     def actor(self) -> str:
@@ -105,11 +117,34 @@ class Run:
         limit = self.limits.journal_entries
         if key not in self.journal and len(self.journal) >= limit:
             raise self.final(JournalTooLarge(self.execution_id, key, len(self.journal), limit))
+        if self.step_in_flight is not None:
+            self.timeline.nested(key)  # part of that step: replayed with it, not in order
+        else:
+            try:
+                self.timeline.call(key)
+            except NonDeterminismError as error:
+                raise self.diverge(error) from None
         return key
 
     def ensure_active(self) -> None:
         if self.suspension is not None:
             raise self.suspension
+        if self.divergence is not None:
+            raise self.divergence
+
+    def diverge(self, error: NonDeterminismError) -> NonDeterminismError:
+        """Note that the replay departed from the journal (at ``error.step``); return the
+        error to raise. Nothing of the call runs or is written, and the run writes nothing
+        more but its end: the runner parks the execution as blocked."""
+        if self.divergence is None:
+            self.divergence = error
+        return self.divergence
+
+    def check_replayed(self) -> None:
+        """At the body's end: raise the divergence if it left journal entries unreplayed."""
+        error = self.timeline.end()
+        if error is not None:
+            raise self.diverge(error)
 
     @contextmanager
     def running_step(self, name: str) -> Iterator[None]:
@@ -164,6 +199,7 @@ class Run:
                 attempts=attempts,
                 duration_ms=0 if started is None else (time.monotonic() - started) * 1000,
                 wake_in_s=wake_in_s,
+                position=self.timeline.positions.get(key),
             ),
             tx,
         )
@@ -217,6 +253,7 @@ class Run:
             wake_in_s=wake_in_s,
         )
         send_resume(self.store, self.transport, tx, self.execution_id, resume, delay_ms)
+        self._leave_running_slot(tx)
         self.transport.settle(tx, self.delivery)
         suspension = Suspended(f"execution {self.execution_id!r} is {status}")
         tx.after_commit.append(lambda: self._suspended(suspension))
@@ -245,11 +282,17 @@ class Run:
             message=first.encode(),
         )
         send_resume(self.store, self.transport, tx, self.execution_id, first, 0)
+        self._leave_running_slot(tx)
         self.transport.settle(tx, self.delivery)
         continued = ContinuedAsNew(
             f"execution {self.execution_id!r} continues as new, in generation {generation}"
         )
         tx.after_commit.append(lambda: self._suspended(continued))
+
+    def _leave_running_slot(self, tx: Transaction) -> None:
+        # A slot counted while running was given back by the transition: pass it on.
+        if self.slot is not None and self.slot.scope == "running":
+            admit_waiters(self.store, self.transport, tx, self.slot)
 
     def _suspended(self, suspension: Suspended) -> None:
         # Results must not store this delivery's (absent) result; the resumed one will.
@@ -301,6 +344,26 @@ def resend_overdue(
         return resent
 
     return store.atomically(resend)
+
+
+def admit_waiters(
+    store: Store,
+    transport: Transport,
+    tx: Transaction,
+    slot: Slot,
+    *,
+    max: int | None = None,
+    keep: str | None = None,
+) -> list[str]:
+    """Admit the waiters of ``slot``'s key it has room for and send them their resuming
+    messages (all but ``keep``, which the caller runs now); return them."""
+    admitted = []
+    for waiter in concurrency.admit(store, tx, slot, max):
+        if waiter.execution_id != keep:
+            message = continuation(dramatiq.Message.decode(waiter.message), **{SEQ: waiter.seq})
+            send_resume(store, transport, tx, waiter.execution_id, message, 0)
+        admitted.append(waiter.execution_id)
+    return admitted
 
 
 def end_quietly(delivery: MessageProxy) -> None:

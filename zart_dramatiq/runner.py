@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
@@ -30,9 +31,10 @@ from dramatiq.results import Results
 
 from broker_pg import DatabaseUnavailable
 
-from . import lifecycle
+from . import concurrency, lifecycle, versioning
 from .body_retries import RETRIES, retry_delay_ms
 from .branches import BranchRunner, is_branch
+from .concurrency import Limit, Scope, Slot
 from .errors import NonDeterminismError, SerializationError
 from .joins import child_ended, discard_wakeups
 from .limits import Limits
@@ -42,6 +44,7 @@ from .run import (
     SEQ,
     Run,
     activate,
+    admit_waiters,
     continuation,
     deactivate,
     delivery_id,
@@ -118,12 +121,14 @@ class Runner:
         worker_id: Callable[[], UUID],
         lease_timeout: Callable[[], float],
         limits: Limits,
+        blocked_backoff: tuple[timedelta, timedelta] = versioning.DEFAULT_BLOCKED_BACKOFF,
     ) -> None:
         self.store = store
         self.transport = transport
         self.worker_id = worker_id
         self.lease_timeout = lease_timeout
         self.limits = limits
+        self.blocked_backoff = blocked_backoff
         self.local_runs = LocalRuns()
         self.branches = BranchRunner(store, transport, limits)
 
@@ -171,7 +176,13 @@ class Runner:
         ):
             acquired = lifecycle.acquire(self.store, execution_id, seq, worker_id)
         if acquired is None:
-            return self._refuse(delivery, execution_id, seq)
+            replay = self._refuse(actor, delivery, execution_id, seq)
+            if replay is not None:
+                return replay
+            # Admitted to a slot of its key just now: take it.
+            acquired = lifecycle.acquire(self.store, execution_id, seq, worker_id)
+            if acquired is None:
+                raise _stop(delivery, f"execution {execution_id!r} moved on meanwhile")
         run = Run(
             execution_id=execution_id,
             seq=seq,
@@ -184,6 +195,7 @@ class Runner:
             transport=self.transport,
             journal={entry["key"]: entry for entry in acquired.journal},
             limits=self.limits,
+            slot=_slot(actor, acquired),
         )
         if acquired.token == 1:
             observe("started", actor=actor.actor_name)
@@ -202,11 +214,15 @@ class Runner:
             lambda tx: lifecycle.create(self.store, tx, execution_id, actor, message)
         )
 
-    def _refuse(self, delivery: MessageProxy, execution_id: str, seq: int) -> Replay:
+    def _refuse(
+        self, actor: DurableActor, delivery: MessageProxy, execution_id: str, seq: int
+    ) -> Replay | None:
+        """Why ``acquire`` refused this delivery: a Replay of the result it completed with,
+        None once it was admitted to a slot of its key, else Stopped."""
         state = self.store.fetchone("delivery_outcome", id=execution_id)
         if state is None:
             raise _stop(delivery, f"execution {execution_id!r} does not exist")
-        status, wake_seq, owned, result, finished_by, paused = state
+        status, wake_seq, owned, result, finished_by, paused, needs_slot = state
         if (
             status == lifecycle.COMPLETED
             and not self.transport.atomic
@@ -223,10 +239,29 @@ class Runner:
         if paused:
             # Resuming it sends its wake-up again if it is due by then.
             raise _stop(delivery, f"execution {execution_id!r} is paused")
+        if needs_slot and actor.concurrency is not None:
+            if self._take_slot(execution_id, actor.concurrency):
+                return None
+            # Its admission sends it a resuming message: until then it holds no queue slot.
+            raise _stop(delivery, f"execution {execution_id!r} waits for a slot of its key")
         if owned:
             # Another worker's run ends, or that worker is presumed lost, within a lease.
             self._defer(delivery, execution_id, "is running elsewhere", self.lease_timeout())
         raise _stop(delivery, f"execution {execution_id!r} is not runnable ({status})")
+
+    def _take_slot(self, execution_id: str, limit: Limit) -> bool:
+        """Wait for a slot of the execution's key; True if it was admitted at once."""
+
+        def ask(tx: Transaction) -> bool:
+            slot = concurrency.wait_for_slot(self.store, tx, execution_id)
+            if slot is None:
+                return False  # it moved on meanwhile
+            admitted = admit_waiters(
+                self.store, self.transport, tx, slot, max=limit.max, keep=execution_id
+            )
+            return execution_id in admitted
+
+        return self.store.atomically(ask)
 
     def _defer(self, delivery: MessageProxy, execution_id: str, why: str, delay_s: float) -> None:
         """Come back after ``delay_s``: another run of the execution is still going."""
@@ -259,6 +294,7 @@ class Runner:
                 ):
                     value = actor.fn(*loaded_args, **loaded_kwargs)
                 run.ensure_active()  # the body swallowed a Suspended and returned
+                run.check_replayed()  # it returned before replaying its whole journal
                 data = dump(
                     value, actor.return_annotation, what=f"the result of {actor.actor_name}"
                 )
@@ -290,8 +326,11 @@ class Runner:
         """Pause for a retry, or fail for good; raises an Interrupted when it did not fail."""
         if isinstance(error, DatabaseUnavailable):
             raise self._abandon(run.delivery, run.execution_id, error) from error
-        if isinstance(error, NonDeterminismError):
-            observe("nondeterminism", actor=run.actor)
+        # A replay that diverged from the journal, or a body that ended with a recorded
+        # failure before replaying it whole: code changed under it. Blocked, not failed.
+        divergence = run.divergence or (run.timeline.end() if _is_final(error, run) else None)
+        if divergence is not None:
+            raise self._block(run, actor, divergence) from error
         delay_ms = None if _is_final(error, run) else retry_delay_ms(actor, run.delivery, error)
         if delay_ms is None:
             self._end(run, lifecycle.FAILED, error=error_to_json(error))
@@ -320,6 +359,15 @@ class Runner:
         assert run.suspension is not None
         raise run.suspension from error
 
+    def _block(self, run: Run, actor: DurableActor, divergence: NonDeterminismError) -> Suspended:
+        """Park the execution as blocked at its divergence; return the signal to end the run."""
+        observe("nondeterminism", actor=run.actor)
+        self._commit(
+            run, lambda tx: versioning.block(run, tx, actor, divergence, self.blocked_backoff)
+        )
+        assert run.suspension is not None
+        return run.suspension
+
     # -- Ending the run ------------------------------------------------------
 
     def _end(self, run: Run, status: str, **outcome: Any) -> None:
@@ -336,6 +384,8 @@ class Runner:
             discard_wakeups(self.transport, tx, children)
             if run.parent_id is not None:
                 child_ended(self.store, self.transport, tx, run.execution_id)
+            if run.slot is not None:
+                admit_waiters(self.store, self.transport, tx, run.slot)
             self.transport.settle(tx, run.delivery)
 
         self._commit(run, finish)
@@ -381,6 +431,13 @@ class Runner:
         self.transport.hand_back(delivery)
         end_quietly(delivery)
         return Abandoned(f"execution {execution_id!r}: {error}")
+
+
+def _slot(actor: DurableActor, acquired: lifecycle.Acquired) -> Slot | None:
+    if acquired.slot_key is None:
+        return None
+    scope: Scope = "running" if acquired.slot_scope == "running" else "open"
+    return Slot(actor.actor_name, acquired.slot_key, scope)
 
 
 def execution_id_of(message: MessageProxy) -> str:

@@ -44,3 +44,8 @@ class Abandoned(Interrupted):
     The delivery is handed back where the broker allows it, and the sweeper
     resumes the execution from its journal once the database answers.
     """
+
+
+class Blocked(Suspended):
+    """The replay diverged from the journal: the execution is parked as ``blocked``, and its
+    resuming message tries the replay again later (``versioning``)."""

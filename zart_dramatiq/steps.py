@@ -10,9 +10,11 @@ from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any, NoReturn, TypeVar, overload
 
+from . import rate_limits
 from .errors import NonDeterminismError, StepResultTooLarge
 from .limits import json_size
 from .metrics import observe
+from .rate_limits import RateLimit, RetryAfter
 from .retry_policy import NO_RETRY, Retry
 from .run import Run, current_run, in_execution
 from .serialization import dump, error_from_json, error_to_json, load, type_hints
@@ -24,7 +26,12 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def run_step(
-    name: str, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any], retry: Retry
+    name: str,
+    fn: Callable[..., T],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    retry: Retry,
+    rate_limit: RateLimit | None = None,
 ) -> T:
     """Return ``fn``'s recorded result, or run it, checkpoint it and return it."""
     run = current_run()
@@ -33,7 +40,11 @@ def run_step(
     annotation = return_annotation(fn)
     recorded = run.journal.get(key)
     if recorded is None:
-        return _attempt(run, key, name, fn, fn_name, annotation, args, kwargs, retry, 0, 0.0)
+        if rate_limit is not None:
+            _wait_for_token(run, key, name, fn_name, rate_limit, retry)
+        return _attempt(
+            run, key, name, fn, fn_name, annotation, args, kwargs, retry, 0, 0.0, rate_limit
+        )
     check_same_fn(run, key, name, recorded, fn_name)
     if recorded["status"] in ("completed", "failed"):
         return recorded_outcome(run, name, recorded, annotation)
@@ -50,17 +61,20 @@ def run_step(
         retry,
         recorded["attempts"],
         run.seconds_since(recorded),
+        rate_limit,
     )
 
 
 def check_same_fn(run: Run, key: str, name: str, recorded: dict[str, Any], fn_name: str) -> None:
     """Raise NonDeterminismError if step ``key`` was recorded as a call of another function."""
     if recorded["fn"] != fn_name:
-        raise run.final(
+        raise run.diverge(
             NonDeterminismError(
                 f"step {name!r} ({key}) was recorded as a call of {recorded['fn']} but now "
                 f"calls {fn_name}: the workflow's code changed under a running execution, "
-                "or code outside steps is not deterministic."
+                "or code outside steps is not deterministic.",
+                step=key,
+                kind="changed",
             )
         )
 
@@ -84,6 +98,7 @@ def _attempt(
     retry: Retry,
     attempts: int,
     elapsed_before: float,
+    rate_limit: RateLimit | None = None,
 ) -> T:
     first_started = time.monotonic() - elapsed_before
     while True:
@@ -95,6 +110,16 @@ def _attempt(
                 span(f"zart.step {name}", **{"zart.step": key, "zart.attempt": attempts}),
             ):
                 value = fn(*args, **kwargs)
+        except RetryAfter as later:
+            # Not a failure: the callee asked for time. Its key stays closed until then.
+            if rate_limit is not None:
+                rate_limits.close(run.store, rate_limit, later.seconds)
+            _observe_attempt(run, "retrying", started)
+            if later.seconds <= retry.max_inline_wait.total_seconds():
+                time.sleep(later.seconds)
+                attempts -= 1
+                continue
+            _pause_for_retry(run, key, name, fn_name, later, attempts - 1, started, later.seconds)
         except Exception as error:
             wait = retry.next_wait(attempts, error, time.monotonic() - first_started)
             _observe_attempt(run, "failed" if wait is None else "retrying", started)
@@ -126,6 +151,24 @@ def _attempt(
             return value
         # Another run recorded this step first: its outcome is the one that counts.
         return recorded_outcome(run, name, asdict(recorded), annotation)
+
+
+def _wait_for_token(
+    run: Run, key: str, name: str, fn_name: str, limit: RateLimit, retry: Retry
+) -> None:
+    """Before a step's first attempt: take a token of ``limit``, waiting for its turn.
+
+    A short wait is slept here; a longer one suspends the execution until then,
+    recorded as the step's wait (attempt 0), so its replay does not ask again.
+    """
+    wait = rate_limits.reserve(run.store, limit)
+    if wait <= 0:
+        return
+    if wait <= retry.max_inline_wait.total_seconds():
+        time.sleep(wait)
+        return
+    waiting = RetryAfter(wait, f"waiting for a token of rate limit {limit}")
+    _pause_for_retry(run, key, name, fn_name, waiting, 0, time.monotonic(), wait)
 
 
 def _observe_attempt(run: Run, outcome: str, started: float) -> None:
@@ -198,9 +241,21 @@ def step(name: str, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T: ..
 @overload
 def step(name: F, /) -> F: ...
 @overload
-def step(name: str | None = None, /, *, retry: Retry | None = None) -> Callable[[F], F]: ...
 def step(
-    name: Any = None, fn: Any = None, /, *args: Any, retry: Retry | None = None, **kwargs: Any
+    name: str | None = None,
+    /,
+    *,
+    retry: Retry | None = None,
+    rate_limit: RateLimit | None = None,
+) -> Callable[[F], F]: ...
+def step(
+    name: Any = None,
+    fn: Any = None,
+    /,
+    *args: Any,
+    retry: Retry | None = None,
+    rate_limit: RateLimit | None = None,
+    **kwargs: Any,
 ) -> Any:
     """A checkpointed step, called inline or used as a decorator.
 
@@ -208,18 +263,25 @@ def step(
     execution; ``@zart.step`` / ``@zart.step("charge", retry=Retry.fixed(...))``
     makes every call of the function, inside a durable body, such a step.
     Results are restored through the function's return annotation.
+    ``rate_limit`` (a ``zart.RateLimit``) makes the step wait its turn before it starts.
     """
+    if rate_limit is not None and not isinstance(rate_limit, RateLimit):
+        raise TypeError(f"rate_limit takes a zart.RateLimit(...), not {rate_limit!r}")
     if fn is None:
         if callable(name):
-            return _decorate(name, None, retry)
+            return _decorate(name, None, retry, rate_limit)
         step_name = kwargs.pop("name", name)
         if args or kwargs:
-            raise TypeError(f"@zart.step takes only name and retry, not {sorted(kwargs)}")
-        return functools.partial(_decorate, name=step_name, retry=retry)
-    return run_step(name, fn, args, kwargs, retry or NO_RETRY)
+            raise TypeError(
+                f"@zart.step takes only name, retry and rate_limit, not {sorted(kwargs)}"
+            )
+        return functools.partial(_decorate, name=step_name, retry=retry, rate_limit=rate_limit)
+    return run_step(name, fn, args, kwargs, retry or NO_RETRY, rate_limit)
 
 
-def _decorate(fn: F, name: str | None, retry: Retry | None) -> F:
+def _decorate(
+    fn: F, name: str | None, retry: Retry | None, rate_limit: RateLimit | None = None
+) -> F:
     step_name = name or fn.__name__
     policy = retry or NO_RETRY
 
@@ -227,7 +289,7 @@ def _decorate(fn: F, name: str | None, retry: Retry | None) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         if not in_execution():
             return fn(*args, **kwargs)  # outside a durable body it is a plain call
-        return run_step(step_name, fn, args, kwargs, policy)
+        return run_step(step_name, fn, args, kwargs, policy, rate_limit)
 
     return typing.cast(F, wrapper)
 

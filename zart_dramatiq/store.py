@@ -49,6 +49,8 @@ class StepRecord:
     attempts: int
     duration_ms: float
     wake_in_s: float | None
+    #: Its place among the body's calls (``timeline``); None for a run that does not know it.
+    position: int | None = None
 
 
 @dataclass(frozen=True)

@@ -10,12 +10,18 @@ Once a heartbeat, in each worker process:
 * on brokers other than broker_pg, where a checkpoint and the message that
   resumes it are two writes, an overdue wake-up is sent again, and so is a
   branch message that no worker started within ``repair_after``;
+* executions waiting for a slot of a concurrency key that has room are
+  admitted, should a release have passed them over;
+* blocked executions (their replay diverged from their journal) of the
+  actors this worker declares are woken, once, if its code differs from
+  every code that tried them (``versioning``);
 * executions that ended longer ago than the retention are deleted
   (``retention.ExecutionRetention``: one worker at a time, in batches).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -27,14 +33,15 @@ from dramatiq import Message
 
 from broker_pg import DatabaseUnavailable
 
-from . import lifecycle
+from . import concurrency, lifecycle
 from .lifecycle import RunRef
 from .metrics import observe
 from .retention import ExecutionRetention
-from .run import EXECUTION_ID, SEQ, continuation, resend_overdue, send_resume
+from .run import EXECUTION_ID, SEQ, admit_waiters, continuation, resend_overdue, send_resume
 from .runner import LocalRuns
 from .store import Store, Transaction
 from .transport import Transport
+from .versioning import wake_blocked
 
 logger = logging.getLogger(__name__)
 
@@ -107,7 +114,18 @@ class Sweeper:
                 lifecycle.release_owner(self.store, run)
         if not self.transport.atomic:
             resumed += self.repair_lost_wakeups()
+        resumed += self.admit_passed_over()
+        # Blocked executions that this worker's code has not tried yet (versioning).
+        resumed += len(wake_blocked(self.store, self.transport, self.repair_after.total_seconds()))
         return resumed
+
+    def admit_passed_over(self) -> int:
+        """Admit waiters for a slot that a release passed over (their row was busy then)."""
+        admitted = 0
+        for slot in concurrency.passed_over(self.store, self.interval):
+            admit = functools.partial(admit_waiters, self.store, self.transport, slot=slot)
+            admitted += len(self.store.atomically(admit))
+        return admitted
 
     def _resume(self, run: RunRef) -> int:
         def abandon(tx: Transaction) -> int:

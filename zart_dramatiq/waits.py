@@ -162,6 +162,7 @@ def _begin_wait(
         name=name,
         seconds=seconds,
         until=until,
+        position=run.timeline.positions.get(key),
     )
     assert row is not None
     return row[0], row[1]

@@ -320,3 +320,45 @@ def test_no_statement_waits_without_bound(
                 broker.enqueue(message)
     finally:
         broker.close()
+
+
+class _Interrupted(BaseException):
+    """Raised asynchronously in a thread, as Dramatiq's TimeLimit does."""
+
+
+def test_a_thread_interrupted_while_waiting_for_a_connection_loses_none(
+    database_url: str, schema: str
+) -> None:
+    import ctypes
+
+    db = Database(database_url, schema=schema, pool_size=1)
+    try:
+        outcome: list[BaseException | None] = []
+
+        def waiter() -> None:
+            try:
+                with db.connection():
+                    outcome.append(None)
+            except _Interrupted as e:
+                outcome.append(e)
+
+        with db.connection():  # the pool's only connection is lent: the waiter queues
+            thread = threading.Thread(target=waiter)
+            thread.start()
+            wait_until(
+                lambda: db.pool.get_stats().get("requests_waiting", 0) == 1,
+                message="the thread to wait for a connection",
+            )
+            ident = ctypes.c_ulong(thread.ident or 0)
+            assert (
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(ident, ctypes.py_object(_Interrupted))
+                == 1
+            )
+        # Handing it the connection wakes it, and the exception raises in its wait.
+        thread.join(10)
+        assert len(outcome) == 1 and isinstance(outcome[0], _Interrupted)
+        # The connection came back: the pool still lends its only one.
+        with db.connection() as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+    finally:
+        db.close()

@@ -21,7 +21,7 @@ from standardwebhooks.webhooks import WebhookVerificationError
 from broker_pg import DatabaseUnavailable, PostgresBroker
 from broker_pg.migrations import pending_migrations
 
-from .. import client
+from .. import client, schedules
 from ..actor import DurableActor
 from ..api_keys import ApiKey, ApiKeys
 from ..errors import ExecutionFailed, ResultTimeout
@@ -90,12 +90,13 @@ def create_app(
         app.add_middleware(
             CORSMiddleware,
             allow_origins=list(cors_origins),
-            allow_methods=["GET", "POST"],
+            allow_methods=["GET", "POST", "DELETE"],
             allow_headers=["Authorization", "Content-Type", "Idempotency-Key"],
         )
     app.include_router(_probes)
     app.include_router(_api)
     app.include_router(_queues)
+    app.include_router(_schedules)
     if dashboard:
         install_dashboard(app, secret=dashboard_secret)
     return app
@@ -241,11 +242,12 @@ def start_execution(
             f"no durable actor is named {body.actor!r} in this app; "
             f"known: {', '.join(known) or 'none'}",
         )
-    handle = client.start(
+    handle = client.start_with_options(
         actor,
-        *body.args,
+        args=tuple(body.args),
+        kwargs=body.kwargs,
         execution_id=body.execution_id or idempotency_key,
-        **body.kwargs,
+        priority=body.priority,
     )
     return models.Started(execution_id=handle.execution_id, status=handle.status())
 
@@ -510,3 +512,78 @@ def purge_dead_letters(body: models.SelectDeadLetters, request: Request) -> mode
         queue_name=body.queue, older_than=older_than
     )
     return models.Count(count=count)
+
+
+# -- Schedules ----------------------------------------------------------------------------
+
+_schedules = APIRouter(prefix="/api/v1", tags=["schedules"])
+
+
+def _schedule_out(schedule: schedules.Schedule) -> models.Schedule:
+    shown = dataclasses.asdict(schedule)
+    every, window = shown.pop("every"), shown.pop("catchup_window")
+    return models.Schedule(
+        **shown,
+        every_s=None if every is None else every.total_seconds(),
+        catchup_window_s=window.total_seconds(),
+    )
+
+
+@_schedules.get("/schedules", response_model=list[models.Schedule], dependencies=[Read])
+def list_schedules(request: Request) -> list[models.Schedule]:
+    """Every schedule, by name, with its next tick and the ticks started and missed."""
+    return [_schedule_out(s) for s in schedules.list(broker=_context(request).broker)]
+
+
+@_schedules.get("/schedules/{name}", response_model=models.Schedule, dependencies=[Read])
+def get_schedule(name: str, request: Request) -> models.Schedule:
+    """One schedule (404 ``unknown_schedule``)."""
+    return _schedule_out(schedules.get(name, broker=_context(request).broker))
+
+
+@_schedules.post("/schedules/{name}/pause", response_model=models.Schedule, dependencies=[Admin])
+def pause_schedule(name: str, request: Request) -> models.Schedule:
+    """Start no tick of the schedule until it is resumed; started executions go on."""
+    broker = _context(request).broker
+    schedules.pause(name, broker=broker)
+    return _schedule_out(schedules.get(name, broker=broker))
+
+
+@_schedules.post("/schedules/{name}/resume", response_model=models.Schedule, dependencies=[Admin])
+def resume_schedule(name: str, request: Request) -> models.Schedule:
+    """Start the schedule's ticks again from its next one (the pause's are not caught up)."""
+    broker = _context(request).broker
+    schedules.resume(name, broker=broker)
+    return _schedule_out(schedules.get(name, broker=broker))
+
+
+@_schedules.post(
+    "/schedules/{name}/trigger",
+    response_model=models.Trigger,
+    status_code=202,
+    dependencies=[Admin],
+)
+def trigger_schedule(
+    name: str, request: Request, idempotency_key: Annotated[str | None, Header()] = None
+) -> models.Trigger:
+    """Start the schedule's actor now, once more; idempotent by the Idempotency-Key header."""
+    broker = _context(request).broker
+    return models.Trigger(execution_id=schedules.trigger(name, key=idempotency_key, broker=broker))
+
+
+@_schedules.post(
+    "/schedules/{name}/backfill", response_model=models.Backfilled, dependencies=[Admin]
+)
+def backfill_schedule(name: str, body: models.BackfillRange, request: Request) -> models.Backfilled:
+    """Start every tick in [start, end), each with its own id: repeating it starts nothing."""
+    done = schedules.backfill(name, body.start, body.end, broker=_context(request).broker)
+    return models.Backfilled(
+        started=done.started, existing=done.existing, execution_ids=done.execution_ids
+    )
+
+
+@_schedules.delete("/schedules/{name}", status_code=204, dependencies=[Admin])
+def delete_schedule(name: str, request: Request) -> Response:
+    """Delete the schedule; its executions stay."""
+    schedules.delete(name, broker=_context(request).broker)
+    return Response(status_code=204)

@@ -13,12 +13,15 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from broker_pg import DatabaseUnavailable, SchemaMissing
 
 from ..errors import (
+    ConcurrencyKeyError,
     ExecutionConflict,
     ExecutionFinished,
+    InvalidSchedule,
     PayloadTooLarge,
     SerializationError,
     UnknownActor,
     UnknownExecution,
+    UnknownSchedule,
     ZartError,
 )
 
@@ -38,10 +41,13 @@ class ApiError(Exception):
 _ZART_ERRORS: list[tuple[type[ZartError], int, str]] = [
     (UnknownExecution, 404, "unknown_execution"),
     (UnknownActor, 404, "unknown_actor"),
+    (UnknownSchedule, 404, "unknown_schedule"),
     (ExecutionConflict, 409, "execution_conflict"),
     (ExecutionFinished, 409, "execution_finished"),
     (PayloadTooLarge, 413, "payload_too_large"),
     (SerializationError, 422, "invalid_input"),
+    (ConcurrencyKeyError, 422, "invalid_input"),
+    (InvalidSchedule, 422, "invalid_schedule"),
 ]
 
 

@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 
 class _Out(BaseModel):
@@ -25,6 +25,11 @@ class StartExecution(BaseModel):
         default=None,
         description="Idempotency: the same id with the same input returns the same execution. "
         "Defaults to the Idempotency-Key header, else a new id.",
+    )
+    priority: int | None = Field(
+        default=None,
+        description="Lower runs first (claim order, and admission to a concurrency key); "
+        "the actor's priority by default",
     )
 
 
@@ -227,3 +232,48 @@ class SelectDeadLetters(BaseModel):
 
 class Count(BaseModel):
     count: int
+
+
+class Schedule(BaseModel):
+    """A durable schedule and what its scheduler has done."""
+
+    name: str
+    actor_name: str
+    cron: str | None = Field(description="A croniter expression, read on the wall clock of tz")
+    every_s: float | None = Field(description="Or an interval, in seconds")
+    tz: str
+    overlap: str = Field(description="skip, buffer_one, allow or cancel_previous")
+    catchup: str = Field(description="none, latest or all")
+    catchup_window_s: float = Field(description="How late a tick may still start")
+    args: list[Any]
+    kwargs: dict[str, Any]
+    source: str = Field(description="code (a @zart.schedule) or runtime")
+    next_fire_at: datetime | None
+    last_tick: datetime | None
+    last_execution_id: str | None
+    buffered_tick: datetime | None
+    last_error: str | None
+    paused_at: datetime | None
+    ticks_started: int
+    ticks_missed: int
+    created_at: datetime
+    updated_at: datetime
+
+
+class Trigger(BaseModel):
+    execution_id: str = Field(description="schedule:<name>:manual:<key>")
+
+
+class BackfillRange(BaseModel):
+    """Start every tick in [start, end), each with its own id: repeating it is harmless."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    start: AwareDatetime
+    end: AwareDatetime = Field(description="Not after now: later ticks fire by themselves")
+
+
+class Backfilled(BaseModel):
+    started: int = Field(description="Ticks started now")
+    existing: int = Field(description="Ticks whose execution had been started before")
+    execution_ids: list[str]

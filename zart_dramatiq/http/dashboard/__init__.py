@@ -3,13 +3,16 @@
 ``install(app)`` adds it to an app made by ``create_app``, at the app's root:
 an overview (counts by status and actor, starts and ends over the last hour,
 the oldest execution in each active status, and what looks stuck), the
-executions list with the API's filters and keyset paging, and each
+executions list with the API's filters and keyset paging, each
 execution's page (its steps on a time line, groups and their branches,
-children, inbox) with cancel, retry and send-event forms.
+children, inbox) with cancel, retry, rerun-from-a-step and send-event forms,
+and, on broker_pg, its queues with their live workers and its dead letters
+(requeue one, purge a queue's after a confirmation page).
 
 People sign in by pasting an API key: the scopes are the key's (``read`` to
-look, ``admin`` to cancel or retry, ``events`` to send an event). With the
-app's authentication off, nobody signs in. See ``session`` for the cookie.
+look, ``admin`` to cancel, retry, rerun, requeue or purge, ``events`` to send
+an event). With the app's authentication off, nobody signs in. See ``session``
+for the cookie.
 """
 
 from __future__ import annotations

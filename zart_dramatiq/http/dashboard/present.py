@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from ...client import BranchInfo, ExecutionInfo, GroupInfo, StepInfo
+from ...run import EXECUTION_ID
 from .reads import coarse, wake_up
 
 #: Past this many branches or steps a page lists a selection (see ``branches`` and ``steps``).
@@ -208,6 +209,24 @@ def branches(group: GroupInfo) -> tuple[list[BranchInfo], list[tuple[str, int]]]
         return list(group.branches), by_status
     ranked = sorted(group.branches, key=lambda b: (order.get(b.status, len(order)), b.index))
     return ranked[:LISTED_BRANCHES], by_status
+
+
+def call(message: Any) -> str:
+    """A message's arguments as a call reads them: ``(7, "ada", notify=true)``, cut short."""
+    if message is None:
+        return ""
+    parts = [compact(a, 60) for a in message.args]
+    parts += [f"{k}={compact(v, 60)}" for k, v in message.kwargs.items()]
+    text = f"({', '.join(parts)})"
+    return text if len(text) <= 120 else text[:119] + "…"
+
+
+def execution_of(message: Any) -> str | None:
+    """The durable execution a message belongs to, if it is one of an execution's."""
+    if message is None:
+        return None
+    found = message.options.get(EXECUTION_ID)
+    return str(found) if found else None
 
 
 def sentence(text: str) -> str:

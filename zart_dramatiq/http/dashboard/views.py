@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 from urllib.parse import quote, urlencode
 
 from fastapi import APIRouter, Depends, Form, Request
 from starlette.responses import RedirectResponse, Response
 from starlette.templating import Jinja2Templates
+
+from broker_pg import PostgresBroker
 
 from ... import client
 from ...actor import DurableActor
@@ -41,6 +43,9 @@ PAGE_SIZES = (25, 50, 100, 200)
 REFRESH_PERIODS = (5, 30)
 #: Statuses an execution can be retried from, and those that still take events.
 RETRYABLE = frozenset({"failed", "cancelled", "timed_out"})
+
+#: Dead letters listed on their page, oldest first; past this many they are only counted.
+LISTED_DEAD_LETTERS = 100
 
 #: Filters of the executions list that are times, as the API names them.
 TIME_FILTERS = ("created_after", "created_before", "finished_after", "finished_before")
@@ -199,8 +204,9 @@ def _lacks(viewer: Viewer, scope: str, what: str) -> str:
     )
 
 
-Admin = Annotated[Page, Depends(_acting("admin", "to cancel or retry executions"))]
+Admin = Annotated[Page, Depends(_acting("admin", "to cancel, retry or rerun executions"))]
 Events = Annotated[Page, Depends(_acting("events", "to send events"))]
+QueueAdmin = Annotated[Page, Depends(_acting("admin", "to requeue or purge dead letters"))]
 
 
 def _refresh(value: str | None) -> int | None:
@@ -371,7 +377,11 @@ def _execution_page(
         branches=present.branches,
         event_form=form,
         can_cancel=info.status in ACTIVE,
+        can_pause=info.status in ACTIVE and info.paused_at is None,
+        actor_paused=info.actor_name
+        in {p.actor_name for p in client.paused_actors(broker=page.broker)},
         can_retry=info.status in RETRYABLE,
+        can_rerun=info.status in TERMINAL,
         takes_events=info.status in ACTIVE or info.status == "failed",
         refresh=refresh,
         list_url=lambda **filters: _list_url(page, filters),
@@ -405,6 +415,64 @@ def retry(execution_id: str, page: Admin) -> Response:
         page.session.tell("error", str(e))
     else:
         page.session.tell("ok", "Retrying: it resumes from the step that stopped it.")
+    return page.redirect(page.execution_path(execution_id))
+
+
+@router.post("/executions/{execution_id:path}/pause", name="dashboard_pause")
+def pause(execution_id: str, page: Admin) -> Response:
+    try:
+        client.pause(execution_id, broker=page.broker)
+    except ZartError as e:
+        page.session.tell("error", str(e))
+    else:
+        page.session.tell("ok", "Paused: no run of it starts until it is resumed.")
+    return page.redirect(page.execution_path(execution_id))
+
+
+@router.post("/executions/{execution_id:path}/resume", name="dashboard_resume")
+def resume(execution_id: str, page: Admin) -> Response:
+    try:
+        due = client.resume(execution_id, broker=page.broker)
+    except ZartError as e:
+        page.session.tell("error", str(e))
+    else:
+        page.session.tell("ok", "Resumed: it runs now." if due else "Resumed.")
+    return page.redirect(page.execution_path(execution_id))
+
+
+@router.post("/actors/{actor_name}/pause", name="dashboard_pause_actor")
+def pause_actor(actor_name: str, page: Admin) -> Response:
+    try:
+        client.pause_actor(actor_name, broker=page.broker)
+    except ZartError as e:
+        page.session.tell("error", str(e))
+    else:
+        page.session.tell("ok", f"Paused {actor_name}: none of its executions runs until resumed.")
+    return page.redirect(page.path("dashboard_queues"))
+
+
+@router.post("/actors/{actor_name}/resume", name="dashboard_resume_actor")
+def resume_actor(actor_name: str, page: Admin) -> Response:
+    resent = client.resume_actor(actor_name, broker=page.broker)
+    page.session.tell("ok", f"Resumed {actor_name}; {resent} due execution(s) sent to run.")
+    return page.redirect(page.path("dashboard_queues"))
+
+
+@router.post("/executions/{execution_id:path}/rerun", name="dashboard_rerun")
+def rerun(execution_id: str, page: Admin, from_step: Annotated[str, Form()] = "") -> Response:
+    if not from_step:
+        page.session.tell("error", "Not rerun: no step was named to rerun from.")
+        return page.redirect(page.execution_path(execution_id))
+    try:
+        key = client.rerun(execution_id, from_step, broker=page.broker)
+    except (ZartError, ValueError) as e:
+        page.session.tell("error", str(e))
+    else:
+        page.session.tell(
+            "ok",
+            f"Rerunning from step {key!r}: it and the steps after it run again; "
+            "the steps before it keep their results.",
+        )
     return page.redirect(page.execution_path(execution_id))
 
 
@@ -443,6 +511,144 @@ def send_event(
                 "ok", f"An event with key {key.strip()!r} was delivered before: not sent again."
             )
     return page.redirect(page.execution_path(execution_id))
+
+
+# -- Queues and dead letters (broker_pg) --------------------------------------------------
+
+
+def _postgres_broker(page: Page) -> PostgresBroker | None:
+    """The app's broker if it is broker_pg, which keeps queues and dead letters in tables."""
+    return page.broker if isinstance(page.broker, PostgresBroker) else None
+
+
+def _not_broker_pg(page: Page) -> str:
+    return (
+        f"Queues and dead letters are kept by broker_pg; this app's broker is "
+        f"{type(page.broker).__name__}: use its own tools to see them."
+    )
+
+
+@router.get("/queues", name="dashboard_queues")
+def queues(page: Reader, refresh: str | None = None) -> Response:
+    broker = _postgres_broker(page)
+    found = broker.queue_stats() if broker is not None else []
+    workers = broker.live_workers() if broker is not None else []
+    paused = {p.actor_name: p.paused_at for p in client.paused_actors(broker=page.broker)}
+    return page.render(
+        "queues.html",
+        nav="queues",
+        actors=[(name, paused.get(name)) for name in _actor_names(page)],
+        unavailable=None if broker is not None else _not_broker_pg(page),
+        queues=found,
+        workers=workers,
+        now=page.reads.now(),
+        late_after=page.dashboard.thresholds.overdue_after.total_seconds(),
+        refresh=_refresh(refresh),
+        dead_letters_url=lambda queue: _dead_letters_url(page, queue),
+    )
+
+
+@router.get("/dead-letters", name="dashboard_dead_letters")
+def dead_letters(page: Reader, queue: str = "", refresh: str | None = None) -> Response:
+    broker = _postgres_broker(page)
+    by_queue, letters = [], []
+    if broker is not None:
+        by_queue = [q for q in broker.queue_stats() if q.dead_letters]
+        letters = broker.list_dead_letters(queue or None, limit=LISTED_DEAD_LETTERS)
+    counted = [q for q in by_queue if not queue or q.queue_name == queue]
+    return page.render(
+        "dead_letters.html",
+        nav="dead_letters",
+        unavailable=None if broker is not None else _not_broker_pg(page),
+        queue=queue,
+        by_queue=by_queue,
+        letters=letters,
+        # Counted a moment before the list was read: never fewer than it lists.
+        total=max(sum(q.dead_letters for q in counted), len(letters)),
+        now=page.reads.now(),
+        refresh=_refresh(refresh),
+        here=_dead_letters_url(page, queue),
+        dead_letters_url=lambda queue: _dead_letters_url(page, queue),
+        call=present.call,
+        execution_of=present.execution_of,
+    )
+
+
+@router.post("/dead-letters/requeue", name="dashboard_requeue")
+def requeue(
+    page: QueueAdmin,
+    id: Annotated[str, Form()] = "",
+    message_id: Annotated[str, Form()] = "",
+    queue: Annotated[str, Form()] = "",
+    back_to: Annotated[str, Form()] = "",
+) -> Response:
+    broker = _postgres_broker(page)
+    if broker is None:
+        page.session.tell("error", _not_broker_pg(page))
+    elif not id.isdigit():
+        page.session.tell("error", "Not requeued: the form named no dead letter.")
+    elif broker.requeue_dead_letters([int(id)]):
+        page.session.tell("ok", f"Requeued message {message_id}: it is back on queue {queue!r}.")
+    else:
+        page.session.tell(
+            "error",
+            f"Not requeued: message {message_id} is no longer a dead letter "
+            "(requeued or purged meanwhile).",
+        )
+    return page.redirect(_dead_letters_url(page, back_to))
+
+
+@router.get("/dead-letters/purge", name="dashboard_purge_confirm")
+def purge_confirm(page: Reader, queue: str = "") -> Response:
+    broker = _postgres_broker(page)
+    if broker is None or not queue:
+        page.session.tell(
+            "error", _not_broker_pg(page) if broker is None else "Say which queue to purge."
+        )
+        return page.redirect(_dead_letters_url(page, ""))
+    count = next((q.dead_letters for q in broker.queue_stats() if q.queue_name == queue), 0)
+    return page.render(
+        "purge.html",
+        nav="dead_letters",
+        queue=queue,
+        count=count,
+        # The purge deletes the dead letters of before this moment: those shown here.
+        as_of=page.reads.now(),
+        back=_dead_letters_url(page, queue),
+    )
+
+
+@router.post("/dead-letters/purge", name="dashboard_purge")
+def purge(
+    page: QueueAdmin,
+    queue: Annotated[str, Form()] = "",
+    as_of: Annotated[str, Form()] = "",
+) -> Response:
+    broker = _postgres_broker(page)
+    try:
+        shown_at = datetime.fromisoformat(as_of)
+    except ValueError:
+        shown_at = None
+    if broker is None:
+        page.session.tell("error", _not_broker_pg(page))
+    elif not queue or shown_at is None or shown_at.tzinfo is None:
+        page.session.tell(
+            "error", "Not purged: confirm the purge of a queue from its confirmation page."
+        )
+    else:
+        # Only those dead before the confirmation page was shown: a message that died
+        # since, nobody has seen. (At least a microsecond: a zero age means "any age".)
+        older_than = max(page.reads.now() - shown_at, timedelta(microseconds=1))
+        count = broker.purge_dead_letters(queue_name=queue, older_than=older_than)
+        page.session.tell(
+            "ok", f"Purged {present.plural(count, 'dead letter')} of queue {queue!r}."
+        )
+    return page.redirect(_dead_letters_url(page, ""))
+
+
+def _dead_letters_url(page: Page, queue: str) -> str:
+    path = page.path("dashboard_dead_letters")
+    return path + (f"?{urlencode({'queue': queue})}" if queue else "")
 
 
 # -- Signing in and out ---------------------------------------------------------------
