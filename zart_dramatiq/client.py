@@ -6,6 +6,7 @@ import base64
 import dataclasses
 import json
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -30,7 +31,7 @@ from .middleware import DurableMiddleware, middleware_for
 from .pauses import PausedActor
 from .run import EXECUTION_ID, SEQ, admit_waiters, continuation
 from .serialization import dump, error_to_json, input_hash, load
-from .store import RESULT_WAITER
+from .store import RESULT_WAITER, Transaction
 from .tracing import TRACE, carrier
 from .versioning import BlockInfo
 
@@ -225,29 +226,51 @@ def start_with_options(
     messages in that order, and a concurrency key admits its waiters in it."""
     if not isinstance(actor, DurableActor):
         raise TypeError(f"{actor!r} is not durable: decorate it with @zart.durable")
-    if priority is not None and (not isinstance(priority, int) or isinstance(priority, bool)):
-        raise TypeError(f"priority must be a whole number (lower runs first), not {priority!r}")
     middleware = middleware_for(actor.broker)
     store = middleware.store
-    options = {} if priority is None else {lifecycle.PRIORITY: priority}
-    message = actor.message_with_options(args=args, kwargs=kwargs or {}, **options)
-    execution_id = execution_id or message.message_id
-    # Its runs join the caller's trace, if the caller is in one.
-    message = continuation(message, **{EXECUTION_ID: execution_id, SEQ: 0, TRACE: carrier()})
     with store.transaction() as tx:
-        if not lifecycle.create(store, tx, execution_id, actor, message):
+        execution_id, created = start_in(
+            tx, actor, args, kwargs or {}, execution_id=execution_id, priority=priority
+        )
+        if not created:
             existing = store.run(tx, "execution_identity", id=execution_id)
             assert existing is not None
-            digest = input_hash(list(message.args), message.kwargs)
+            digest = input_hash(*actor.dump_input(args, kwargs or {}))
             if existing[0] != digest or existing[1] != actor.actor_name:
                 raise ExecutionConflict(
                     f"execution {execution_id!r} already exists with a different "
                     f"{'actor' if existing[1] != actor.actor_name else 'input'}; "
                     "use a new execution_id to start another one."
                 )
-        else:
-            middleware.transport.send(tx, message, 0)
     return ExecutionHandle(execution_id, middleware, actor)
+
+
+def start_in(
+    tx: Transaction,
+    actor: DurableActor,
+    args: Sequence[Any],
+    kwargs: Mapping[str, Any],
+    *,
+    execution_id: str | None = None,
+    priority: int | None = None,
+) -> tuple[str, bool]:
+    """Create an execution of ``actor`` and send its first message, in ``tx``; return its
+    id and whether it was created (False, writing nothing, when that id exists already).
+
+    Raises SerializationError or PayloadTooLarge if the input does not fit the actor.
+    """
+    if priority is not None and (not isinstance(priority, int) or isinstance(priority, bool)):
+        raise TypeError(f"priority must be a whole number (lower runs first), not {priority!r}")
+    middleware = middleware_for(actor.broker)
+    options = {} if priority is None else {lifecycle.PRIORITY: priority}
+    message = actor.message_with_options(args=tuple(args), kwargs=dict(kwargs), **options)
+    execution_id = execution_id or message.message_id
+    # Its runs join the caller's trace, if the caller is in one.
+    message = continuation(message, **{EXECUTION_ID: execution_id, SEQ: 0, TRACE: carrier()})
+    if not lifecycle.create(middleware.store, tx, execution_id, actor, message):
+        return execution_id, False
+    middleware.transport.send(tx, message, 0)
+    return execution_id, True
 
 
 def get_handle(execution_id: str, *, broker: dramatiq.Broker | None = None) -> ExecutionHandle:

@@ -113,8 +113,8 @@ class Scheduler:
     def __init__(self, middleware: DurableMiddleware, *, cap: float = CAP) -> None:
         self.middleware = middleware
         self.store = middleware.store
-        self.queries = schedules._queries(self.store)
-        self.channel = schedules._channel(self.store)
+        self.queries = schedules.queries_for(self.store)
+        self.channel = schedules.channel_for(self.store)
         self.cap = cap
         #: The code definitions written so far, by name.
         self._written: dict[str, schedules.Definition] = {}

@@ -38,14 +38,12 @@ from psycopg.types.json import Jsonb
 from broker_pg.database import channel_name
 from broker_pg.sqlfile import Queries
 
-from . import lifecycle
+from . import client
 from .actor import DurableActor
 from .errors import InvalidSchedule, UnknownActor, UnknownSchedule
 from .fire_times import CATCHUPS, ON_TIME, Timing
 from .middleware import DurableMiddleware, middleware_for
-from .run import EXECUTION_ID, SEQ, continuation
 from .store import Store, Transaction
-from .tracing import TRACE, carrier
 
 #: What a tick does while the execution started last has not ended: not start
 #: (``skip``), start once it ends (``buffer_one``: one start is kept, later ones
@@ -226,7 +224,7 @@ def upsert(store: Store, tx: Transaction, defined: Sequence[Definition], *, sour
     """
     if not defined:
         return 0
-    queries = _queries(store)
+    queries = queries_for(store)
     row = _run(tx, queries, "db_now")
     assert row is not None
     now: datetime = row[0]
@@ -242,7 +240,7 @@ def upsert(store: Store, tx: Transaction, defined: Sequence[Definition], *, sour
             tx,
             queries,
             "upsert_schedule",
-            channel=_channel(store),
+            channel=channel_for(store),
             name=definition.name,
             actor_name=definition.actor_name,
             cron=definition.timing.cron,
@@ -267,7 +265,7 @@ def get(name: str, *, broker: dramatiq.Broker | None = None) -> Schedule:
     """The schedule ``name``; raises UnknownSchedule."""
     store = _middleware(broker).store
     with store.db.connection() as conn:
-        row = conn.execute(_queries(store)["get_schedule"], {"name": name}).fetchone()
+        row = conn.execute(queries_for(store)["get_schedule"], {"name": name}).fetchone()
     if row is None:
         raise _unknown(name)
     return _schedule(row)
@@ -277,7 +275,7 @@ def list(*, broker: dramatiq.Broker | None = None) -> builtins.list[Schedule]:
     """Every schedule, by name."""
     store = _middleware(broker).store
     with store.db.connection() as conn:
-        rows = conn.execute(_queries(store)["list_schedules"]).fetchall()
+        rows = conn.execute(queries_for(store)["list_schedules"]).fetchall()
     return [_schedule(row) for row in rows]
 
 
@@ -288,7 +286,7 @@ def pause(name: str, *, broker: dramatiq.Broker | None = None) -> None:
     """
     store = _middleware(broker).store
     with store.transaction() as tx:
-        if _run(tx, _queries(store), "pause_schedule", name=name) is None:
+        if _run(tx, queries_for(store), "pause_schedule", name=name) is None:
             raise _unknown(name)
 
 
@@ -297,7 +295,7 @@ def resume(name: str, *, broker: dramatiq.Broker | None = None) -> bool:
     pause are not caught up (``backfill`` them if they should run). Returns whether
     it was paused."""
     store = _middleware(broker).store
-    queries = _queries(store)
+    queries = queries_for(store)
     with store.transaction() as tx:
         row = _run(tx, queries, "lock_schedule", name=name)
         if row is None:
@@ -309,7 +307,7 @@ def resume(name: str, *, broker: dramatiq.Broker | None = None) -> bool:
             tx,
             queries,
             "resume_schedule",
-            channel=_channel(store),
+            channel=channel_for(store),
             name=name,
             next_fire_at=_timing(schedule).next_after(now),
         )
@@ -327,7 +325,7 @@ def trigger(name: str, *, key: str | None = None, broker: dramatiq.Broker | None
     """
     middleware = _middleware(broker)
     store = middleware.store
-    queries = _queries(store)
+    queries = queries_for(store)
     execution_id = manual_execution_id(name, key or uuid.uuid4().hex)
     with store.transaction() as tx:
         row = _run(tx, queries, "lock_schedule", name=name)
@@ -362,7 +360,7 @@ def backfill(
         )
     middleware = _middleware(broker)
     store = middleware.store
-    queries = _queries(store)
+    queries = queries_for(store)
     schedule = get(name, broker=broker)
     actor = _schedule_actor(schedule, middleware)
     with store.db.connection() as conn:
@@ -398,7 +396,7 @@ def delete(name: str, *, broker: dramatiq.Broker | None = None) -> None:
     worker with that code boots: remove it from the code too."""
     store = _middleware(broker).store
     with store.transaction() as tx:
-        if _run(tx, _queries(store), "delete_schedule", name=name) is None:
+        if _run(tx, queries_for(store), "delete_schedule", name=name) is None:
             raise _unknown(name)
 
 
@@ -414,18 +412,13 @@ def start_in(
     execution_id: str,
 ) -> bool:
     """Start ``actor`` with the stored input as ``execution_id``, in ``tx``, as
-    ``zart.start`` does (``lifecycle.create``, then its first message); False, writing
-    nothing, when an execution with this id exists already.
+    ``zart.start`` does; False, writing nothing, when an execution with this id exists.
 
     Raises SerializationError or PayloadTooLarge if the input no longer fits the actor.
     """
     loaded_args, loaded_kwargs = actor.load_arguments(tuple(args), dict(kwargs))
-    message = actor.message_with_options(args=loaded_args, kwargs=loaded_kwargs)
-    message = continuation(message, **{EXECUTION_ID: execution_id, SEQ: 0, TRACE: carrier()})
-    if not lifecycle.create(middleware.store, tx, execution_id, actor, message):
-        return False
-    middleware.transport.send(tx, message, 0)
-    return True
+    _, created = client.start_in(tx, actor, loaded_args, loaded_kwargs, execution_id=execution_id)
+    return created
 
 
 # -- Checks ------------------------------------------------------------------------------
@@ -577,11 +570,11 @@ def _queries_of(schema: str) -> Queries:
     return Queries("zart_dramatiq", "schedules.sql", schema)
 
 
-def _queries(store: Store) -> Queries:
+def queries_for(store: Store) -> Queries:
     return _queries_of(store.db.schema)
 
 
-def _channel(store: Store) -> str:
+def channel_for(store: Store) -> str:
     """The NOTIFY channel that wakes the schedulers when a schedule is created or resumed."""
     return channel_name(store.db.schema, "schedules")
 
