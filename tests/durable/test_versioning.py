@@ -691,3 +691,24 @@ def test_replay_check_command_needs_the_application(cli) -> None:
     assert "cannot be combined with replay-check --app" in cli.fails(
         "replay-check", "--app", "examples.app"
     )
+
+
+def test_the_api_and_the_dashboard_say_where_a_blocked_execution_diverged(broker, worker) -> None:
+    from fastapi.testclient import TestClient
+
+    from zart_dramatiq.http import create_app
+
+    effects = Effects()
+    zart.start(deploy(effects, "v1"), execution_id="order")
+    wait_until(lambda: waiting("order"), timeout=15, message="the first run to wait")
+    deploy(effects, "reordered")
+    zart.send_event("order", "go")
+    wait_until(lambda: blocked_at("order"), timeout=15, message="the replay to block")
+
+    with TestClient(create_app(broker, auth=False)) as client:
+        detail = client.get("/api/v1/executions/order").json()
+        assert detail["status"] == "blocked"
+        assert (detail["blocked"]["step"], detail["blocked"]["kind"]) == ("step:a", "out_of_order")
+        page = client.get("/executions/order")
+        assert "diverged from its journal at step:a (out of order)" in page.text
+    zart.cancel("order")

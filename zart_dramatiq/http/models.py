@@ -110,11 +110,23 @@ class Execution(_Out):
     paused_at: datetime | None = Field(description="Set while an operator holds it")
 
 
+class Block(_Out):
+    """Where a blocked execution's replay diverged from its journal."""
+
+    step: str = Field(description="The first journal entry where the replay diverged")
+    kind: str | None = Field(description="changed, unrecorded, out_of_order or missing")
+    message: str
+    blocks: int = Field(description="Runs in a row that blocked there")
+    first_blocked_at: datetime
+    blocked_at: datetime
+
+
 class ExecutionDetail(Execution):
     steps: list[Step]
     groups: list[Group]
     children: list[Child]
     inbox: list[Event]
+    blocked: Block | None = Field(default=None, description="Set while it is blocked")
 
 
 class ExecutionPage(BaseModel):

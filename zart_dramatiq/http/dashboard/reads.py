@@ -279,6 +279,15 @@ def flags(info: ExecutionInfo, now: datetime, thresholds: Thresholds) -> list[Fl
     if info.status in TERMINAL:
         return []
     found: list[Flag] = []
+    if info.blocked is not None:
+        kind = f" ({info.blocked.kind.replace('_', ' ')})" if info.blocked.kind else ""
+        found.append(
+            Flag(
+                "stuck",
+                f"blocked: its replay diverged from its journal at {info.blocked.step}{kind}; "
+                "deploy code that replays it (it then resumes by itself), or fail it",
+            )
+        )
     in_state = now - info.updated_at
     due = wake_up(info)
     if due is not None and now - due[0] > thresholds.overdue_after:
