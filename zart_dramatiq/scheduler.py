@@ -27,9 +27,8 @@ and wakes at once when a schedule is created or resumed anywhere (NOTIFY).
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import os
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -38,12 +37,13 @@ from typing import Any
 
 import psycopg
 
-from broker_pg import DatabaseUnavailable, PostgresBroker
+from broker_pg import PostgresBroker
 from broker_pg.errors import ConfigurationError
 from broker_pg.notifications import Subscription
 
 from . import client, fire_times, schedules
 from .actor import DurableActor
+from .background import BackgroundLoop
 from .errors import InvalidSchedule, UnknownExecution
 from .lifecycle import ACTIVE
 from .metrics import count
@@ -107,75 +107,40 @@ class Fired:
     error: str | None = None
 
 
-class Scheduler:
+class Scheduler(BackgroundLoop):
     """The schedules loop of one worker process (started by the middleware at boot)."""
 
+    name = "zart-scheduler"
+
     def __init__(self, middleware: DurableMiddleware, *, cap: float = CAP) -> None:
+        super().__init__()
         self.middleware = middleware
         self.store = middleware.store
         self.queries = schedules.queries_for(self.store)
         self.channel = schedules.channel_for(self.store)
         self.cap = cap
+        self.retry_after = cap
         #: The code definitions written so far, by name.
         self._written: dict[str, schedules.Definition] = {}
-        self._wake = threading.Event()
-        self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._pid: int | None = None
-        self._lock = threading.Lock()
-        self._failing = False
+        self._subscription: Subscription | None = None
 
     # -- The loop ------------------------------------------------------------------
 
-    def start(self) -> None:
-        with self._lock:
-            if self._thread is not None and self._pid == os.getpid():
-                return
-            self._pid = os.getpid()
-            self._stopping.clear()
-            self._thread = threading.Thread(target=self._loop, name="zart-scheduler", daemon=True)
-            self._thread.start()
-
-    def stop(self) -> None:
-        self._stopping.set()
-        self._wake.set()
-        thread, self._thread = self._thread, None
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout=self.cap + 10)
-
-    def wake(self) -> None:
-        """Look at the schedules now rather than at the next tick."""
-        self._wake.set()
-
-    def _loop(self) -> None:
-        subscription = self._subscribe()
-        try:
-            while not self._stopping.is_set():
-                self._wake.clear()
-                delay = self.cap
-                try:
-                    self.define()
-                    delay = 0.0 if self.run_once() else self._idle()
-                    self._failing = False
-                except DatabaseUnavailable as e:
-                    if not self._failing:
-                        logger.warning("Scheduler: %s Trying again every %.1fs.", e, self.cap)
-                    self._failing = True
-                except Exception:
-                    logger.exception("Scheduler failed; trying again.")
-                if delay > 0:
-                    self._wake.wait(delay)
-        finally:
-            if subscription is not None:
-                subscription.close()
-
-    def _subscribe(self) -> Subscription | None:
-        try:
-            return self.store.db.notifications.subscribe(
-                self.channel, on_notify=lambda _: self._wake.set()
+    def setup(self) -> None:
+        # Without a LISTEN session (transaction pooling), looking every CAP is enough.
+        with contextlib.suppress(ConfigurationError):
+            self._subscription = self.store.db.notifications.subscribe(
+                self.channel, on_notify=lambda _: self.wake()
             )
-        except ConfigurationError:
-            return None  # no LISTEN session (transaction pooling): looking every CAP is enough
+
+    def teardown(self) -> None:
+        if self._subscription is not None:
+            self._subscription.close()
+            self._subscription = None
+
+    def round(self) -> float:
+        self.define()
+        return 0.0 if self.run_once() else self._idle()
 
     def _idle(self) -> float:
         """Seconds to sleep: until the next tick this worker can fire, at most ``cap``."""

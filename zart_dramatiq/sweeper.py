@@ -23,17 +23,14 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
-import threading
 from collections.abc import Callable
 from datetime import timedelta
 from uuid import UUID
 
 from dramatiq import Message
 
-from broker_pg import DatabaseUnavailable
-
 from . import concurrency, lifecycle
+from .background import BackgroundLoop
 from .lifecycle import RunRef
 from .metrics import observe
 from .retention import ExecutionRetention
@@ -46,7 +43,9 @@ from .versioning import wake_blocked
 logger = logging.getLogger(__name__)
 
 
-class Sweeper:
+class Sweeper(BackgroundLoop):
+    name = "zart-sweeper"
+
     def __init__(
         self,
         store: Store,
@@ -58,46 +57,23 @@ class Sweeper:
         repair_after: timedelta,
         execution_retention: timedelta | None,
     ) -> None:
+        super().__init__()
         self.store = store
         self.transport = transport
         self.local_runs = local_runs
         self.worker_id = worker_id
         self.interval = interval
+        self.retry_after = interval
         self.repair_after = repair_after
         self.retention = ExecutionRetention(store, execution_retention)
-        self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._pid: int | None = None
-        self._lock = threading.Lock()
-        self._failing = False
 
-    def start(self) -> None:
-        with self._lock:
-            if self._thread is not None and self._pid == os.getpid():
-                return
-            self._pid = os.getpid()
-            self._stopping.clear()
-            self._thread = threading.Thread(target=self._loop, name="zart-sweeper", daemon=True)
-            self._thread.start()
+    def first_wait(self) -> float:
+        return self.interval
 
-    def stop(self) -> None:
-        self._stopping.set()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout=self.interval + 5)
-        self._thread = None
-
-    def _loop(self) -> None:
-        while not self._stopping.wait(self.interval):
-            try:
-                self.sweep()
-                self.retention.run()
-                self._failing = False
-            except DatabaseUnavailable as e:
-                if not self._failing:
-                    logger.warning("Sweeper: %s Trying again every %.1fs.", e, self.interval)
-                self._failing = True
-            except Exception:
-                logger.exception("Sweeper failed; trying again.")
+    def round(self) -> float:
+        self.sweep()
+        self.retention.run()
+        return self.interval
 
     def sweep(self) -> int:
         """One round; return how many executions it set going again."""
