@@ -45,7 +45,7 @@ from broker_pg import Database, PostgresBroker, embedded, migrate
 
 from .api_keys import SCOPES, ApiKey, ApiKeys
 from .client import BranchInfo, ChildInfo, ExecutionInfo, GroupInfo
-from .errors import ZartError
+from .errors import UnknownActor, ZartError
 from .lifecycle import STATUSES, TERMINAL
 from .middleware import middleware_for
 from .serialization import dump
@@ -578,11 +578,7 @@ def cmd_actors_list(session: Session, args: argparse.Namespace) -> int:
 
 
 def cmd_actors_pause(session: Session, args: argparse.Namespace) -> int:
-    try:
-        zart.pause_actor(args.actor_name, broker=session.broker)
-    except zart.UnknownActor as e:
-        hint = "" if session.broker_spec else " (pass --broker MODULE:BROKER, before the command)"
-        raise CommandError(f"{e}{hint}") from None
+    zart.pause_actor(args.actor_name, broker=session.broker)
     print(f"paused actor {args.actor_name!r}: none of its executions runs until it is resumed")
     return 0
 
@@ -637,21 +633,13 @@ def cmd_schedules_resume(session: Session, args: argparse.Namespace) -> int:
 
 
 def cmd_schedules_trigger(session: Session, args: argparse.Namespace) -> int:
-    try:
-        execution_id = zart.schedules.trigger(args.name, key=args.key, broker=session.broker)
-    except zart.UnknownActor as e:
-        hint = "" if session.broker_spec else " (pass --broker MODULE:BROKER, before the command)"
-        raise CommandError(f"{e}{hint}") from None
+    execution_id = zart.schedules.trigger(args.name, key=args.key, broker=session.broker)
     print(f"started execution {execution_id!r}")
     return 0
 
 
 def cmd_schedules_backfill(session: Session, args: argparse.Namespace) -> int:
-    try:
-        done = zart.schedules.backfill(args.name, args.start, args.end, broker=session.broker)
-    except zart.UnknownActor as e:
-        hint = "" if session.broker_spec else " (pass --broker MODULE:BROKER, before the command)"
-        raise CommandError(f"{e}{hint}") from None
+    done = zart.schedules.backfill(args.name, args.start, args.end, broker=session.broker)
     print(
         f"backfilled schedule {args.name!r}: {_plural(done.started, 'tick', 'ticks')} started, "
         f"{done.existing} started before"
@@ -1165,6 +1153,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # at devnull so the flush at interpreter exit does not fail again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
+    except UnknownActor as e:
+        # Actors are known from the application's modules: this command imported none.
+        hint = "" if session.broker_spec else " (pass --broker MODULE:BROKER, before the command)"
+        return _fail(f"{e}{hint}")
     except (CommandError, ZartError, BrokerError) as e:
         return _fail(str(e))
     except (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName) as e:

@@ -478,7 +478,9 @@ def resume(execution_id: str, *, broker: dramatiq.Broker | None = None) -> bool:
 
 def pause_actor(actor_name: str, *, broker: dramatiq.Broker | None = None) -> None:
     """Hold every execution of a durable actor, those started later too, until ``resume_actor``."""
-    pauses.pause_actor(_middleware(broker).store, _durable_actor(actor_name, broker).actor_name)
+    pauses.pause_actor(
+        _middleware(broker).store, durable_actor(actor_name, broker=broker).actor_name
+    )
 
 
 def resume_actor(actor_name: str, *, broker: dramatiq.Broker | None = None) -> int:
@@ -609,14 +611,20 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
         ) from e
 
 
-def _durable_actor(actor_name: str, broker: dramatiq.Broker | None) -> DurableActor:
+def durable_actor(
+    actor_name: str, *, broker: dramatiq.Broker | None = None, what: str = ""
+) -> DurableActor:
+    """The durable actor named ``actor_name`` on ``broker`` (the global one by default).
+
+    Raises UnknownActor naming those it has, after ``what`` (the request it fails).
+    """
     actors = (broker or dramatiq.get_broker()).actors
     actor = actors.get(actor_name)
     if not isinstance(actor, DurableActor):
         known = sorted(name for name, a in actors.items() if isinstance(a, DurableActor))
         raise UnknownActor(
-            f"no durable actor is named {actor_name!r} on this broker; "
-            f"known: {', '.join(known) or 'none (import the module that declares them)'}"
+            f"{what + ': ' if what else ''}no durable actor is named {actor_name!r} on this "
+            f"broker; known: {', '.join(known) or 'none (import the module that declares it)'}"
         )
     return actor
 

@@ -40,7 +40,7 @@ from broker_pg.sqlfile import Queries
 
 from . import client
 from .actor import DurableActor
-from .errors import InvalidSchedule, UnknownActor, UnknownSchedule
+from .errors import InvalidSchedule, UnknownSchedule
 from .fire_times import CATCHUPS, ON_TIME, Timing
 from .middleware import DurableMiddleware, middleware_for
 from .store import Store, Transaction
@@ -206,7 +206,7 @@ def create(
     """
     timing, window = _check(cron, every, tz, overlap, catchup, catchup_window)
     if isinstance(actor, str):
-        target = _named_actor(actor, broker, f"cannot schedule actor {actor!r}")
+        target = client.durable_actor(actor, broker=broker, what=f"cannot schedule actor {actor!r}")
     else:
         target = _durable(actor, "zart.schedules.create")
     definition = _definition(name, target, timing, overlap, catchup, window, args, kwargs)
@@ -588,24 +588,11 @@ def _middleware(broker: dramatiq.Broker | None) -> DurableMiddleware:
     return middleware_for(broker or dramatiq.get_broker())
 
 
-def _named_actor(name: str, broker: dramatiq.Broker | None, what: str) -> DurableActor:
-    actors = (broker or dramatiq.get_broker()).actors
-    actor = actors.get(name)
-    if not isinstance(actor, DurableActor):
-        known = sorted(n for n, a in actors.items() if isinstance(a, DurableActor))
-        raise UnknownActor(
-            f"{what}: no durable actor is named {name!r} in this process; known: "
-            f"{', '.join(known) or 'none'} (import the module that declares it; on the "
-            "command line, pass --broker MODULE:BROKER)"
-        )
-    return actor
-
-
 def _schedule_actor(schedule: Schedule, middleware: DurableMiddleware) -> DurableActor:
-    return _named_actor(
+    return client.durable_actor(
         schedule.actor_name,
-        middleware.broker,
-        f"schedule {schedule.name!r} starts actor {schedule.actor_name!r}",
+        broker=middleware.broker,
+        what=f"schedule {schedule.name!r} starts actor {schedule.actor_name!r}",
     )
 
 

@@ -233,15 +233,7 @@ def start_execution(
     another input, 409.
     """
     context = _context(request)
-    actor = context.broker.actors.get(body.actor)
-    if not isinstance(actor, DurableActor):
-        known = sorted(n for n, a in context.broker.actors.items() if isinstance(a, DurableActor))
-        raise ApiError(
-            404,
-            "unknown_actor",
-            f"no durable actor is named {body.actor!r} in this app; "
-            f"known: {', '.join(known) or 'none'}",
-        )
+    actor = client.durable_actor(body.actor, broker=context.broker)
     handle = client.start_with_options(
         actor,
         args=tuple(body.args),
