@@ -7,10 +7,10 @@ moved it out of ``running``, they match nothing and raise ``Refused``.
 
     pending ─┐
     sleeping ├─ acquire ─> running ─ suspend ─> sleeping | waiting | retrying
-    waiting  │                     ─ finish ──> completed | failed | timed_out
-    retrying │                     ─ abandon ─> retrying   (its run ended unrecorded)
-    blocked ─┘                     ─ continue_as_new ─> pending   (its next generation)
-                                   ─ block ───> blocked   (its replay diverged from the journal)
+    waiting  │                               | blocked   (its replay diverged from the journal)
+    retrying │                     ─ finish ──> completed | failed | timed_out
+    blocked ─┘                     ─ abandon ─> retrying   (its run ended unrecorded)
+                                   ─ continue_as_new ─> pending   (its next generation)
     any active ─ cancel ─> cancelled   (also: its parent ended, for an attached child)
     blocked ─ fail ─> failed   (an operator gives up on it)
     failed | cancelled | timed_out ─ reopen ─> pending
@@ -197,36 +197,12 @@ def suspend(
     wake_at: datetime | None = None,
     wake_in_s: float | None = None,
 ) -> int | None:
-    """running -> sleeping, waiting or retrying; return ms until the resuming message is due.
+    """running -> sleeping, waiting, retrying or blocked (its replay diverged from the
+    journal at ``waiting_for``); return ms until the resuming message is due.
 
     None means only an event can wake it.
     """
-    assert status in (SLEEPING, WAITING, RETRYING)
-    return _suspend(
-        store,
-        tx,
-        run,
-        status=status,
-        seq=seq,
-        message=message,
-        waiting_for=waiting_for,
-        wake_at=wake_at,
-        wake_in_s=wake_in_s,
-    )
-
-
-def _suspend(
-    store: Store,
-    tx: Transaction,
-    run: RunRef,
-    *,
-    status: str,
-    seq: int,
-    message: bytes,
-    waiting_for: str | None,
-    wake_at: datetime | None,
-    wake_in_s: float | None,
-) -> int | None:
+    assert status in (SLEEPING, WAITING, RETRYING, BLOCKED)
     row = store.run(
         tx,
         "suspend",
@@ -299,35 +275,6 @@ def continue_as_new(
     if row is None:
         raise _refused(store, tx, run)
     return row[0]  # type: ignore[no-any-return]
-
-
-def block(
-    store: Store,
-    tx: Transaction,
-    run: RunRef,
-    *,
-    seq: int,
-    message: bytes,
-    waiting_for: str,
-    wake_in_s: float,
-) -> int | None:
-    """running -> blocked: the run's replay diverged from the journal at ``waiting_for``.
-
-    A suspension like the others (the same statement, fenced by the run's token): the
-    resuming message, due in ``wake_in_s`` (or at the deadline, if sooner), tries the
-    replay again. Returns ms until it is due.
-    """
-    return _suspend(
-        store,
-        tx,
-        run,
-        status=BLOCKED,
-        seq=seq,
-        message=message,
-        waiting_for=waiting_for,
-        wake_at=None,
-        wake_in_s=wake_in_s,
-    )
 
 
 def fail(

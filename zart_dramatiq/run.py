@@ -30,7 +30,7 @@ from .concurrency import Slot
 from .errors import JournalTooLarge, NonDeterminismError, NotAllowedOnEventLoop, NotInExecution
 from .lifecycle import RunRef
 from .limits import DEFAULT_LIMITS, Limits
-from .signals import ContinuedAsNew, DeadlinePassed, Refused, Suspended
+from .signals import Blocked, ContinuedAsNew, DeadlinePassed, Refused, Suspended
 from .store import StepRecord, Store, Transaction
 from .timeline import Timeline
 from .transport import Transport
@@ -255,7 +255,8 @@ class Run:
         send_resume(self.store, self.transport, tx, self.execution_id, resume, delay_ms)
         self._leave_running_slot(tx)
         self.transport.settle(tx, self.delivery)
-        suspension = Suspended(f"execution {self.execution_id!r} is {status}")
+        signal = Blocked if status == lifecycle.BLOCKED else Suspended
+        suspension = signal(f"execution {self.execution_id!r} is {status}")
         tx.after_commit.append(lambda: self._suspended(suspension))
 
     def continue_as_new(

@@ -6,7 +6,7 @@ after a change, as Temporal's ``workflow.patched``: its answer is recorded as a
 is for the code from which the old branch was removed.
 
 A replay that departs from the journal (``timeline``) records nothing of the
-call: its run parks the execution as ``blocked`` (``lifecycle.block``), naming the
+call: its run parks the execution as ``blocked`` (``Run.suspend``), naming the
 first entry where it diverged, and the execution tries again by itself:
 
 * after a backoff (``DurableMiddleware(blocked_backoff=(first, longest))``: one
@@ -43,9 +43,8 @@ from psycopg.types.json import Jsonb
 
 from . import lifecycle
 from .errors import JournalTooLarge, NonDeterminismError
-from .run import EXECUTION_ID, SEQ, Run, continuation, current_run, send_resume
+from .run import SEQ, Run, continuation, current_run, send_resume
 from .serialization import error_to_json
-from .signals import Blocked
 from .store import Store, Transaction
 from .timeline import DEPRECATED, patch_key
 from .transport import Transport
@@ -231,16 +230,7 @@ def block(
     )
     assert row is not None
     wait = backoff_s(backoff, row[0])
-    seq = run.seq + 1
-    resume = continuation(run.delivery, **{EXECUTION_ID: run.execution_id, SEQ: seq})
-    delay_ms = lifecycle.block(
-        store, tx, run.ref, seq=seq, message=resume.encode(), waiting_for=step, wake_in_s=wait
-    )
-    send_resume(store, run.transport, tx, run.execution_id, resume, delay_ms)
-    run._leave_running_slot(tx)
-    run.transport.settle(tx, run.delivery)
-    blocked = Blocked(f"execution {run.execution_id!r} is blocked at {step}")
-    tx.after_commit.append(lambda: run._suspended(blocked))
+    run.suspend(tx, status=lifecycle.BLOCKED, wake_in_s=wait, waiting_for=step)
     tx.after_commit.append(
         lambda: logger.warning(
             "Execution %r is blocked: its replay diverged from its journal at %s (%s). It is "
