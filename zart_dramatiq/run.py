@@ -318,6 +318,17 @@ def send_resume(
         store.run(tx, "set_wake_message", id=execution_id, row_id=row_id)
 
 
+def resume_now(
+    store: Store, transport: Transport, tx: Transaction, payload: bytes, seq: int
+) -> str:
+    """Send an execution's recorded resuming message (``payload``) as wake-up ``seq``, due
+    now; return the execution's id."""
+    message = continuation(dramatiq.Message.decode(payload), **{SEQ: seq})
+    execution_id = str(message.options[EXECUTION_ID])
+    send_resume(store, transport, tx, execution_id, message, 0)
+    return execution_id
+
+
 def resend_overdue(
     store: Store,
     transport: Transport,
@@ -338,10 +349,7 @@ def resend_overdue(
         params = dict(grace_s=grace_s, id=execution_id, actor=actor, limit=limit)
         resent = []
         for payload, seq in store.run_all(tx, "overdue_wakeups", **params):
-            message = continuation(dramatiq.Message.decode(payload), **{SEQ: seq})
-            overdue = message.options[EXECUTION_ID]
-            send_resume(store, transport, tx, overdue, message, 0)
-            resent.append(overdue)
+            resent.append(resume_now(store, transport, tx, payload, seq))
         return resent
 
     return store.atomically(resend)
@@ -361,8 +369,7 @@ def admit_waiters(
     admitted = []
     for waiter in concurrency.admit(store, tx, slot, max):
         if waiter.execution_id != keep:
-            message = continuation(dramatiq.Message.decode(waiter.message), **{SEQ: waiter.seq})
-            send_resume(store, transport, tx, waiter.execution_id, message, 0)
+            resume_now(store, transport, tx, waiter.message, waiter.seq)
         admitted.append(waiter.execution_id)
     return admitted
 

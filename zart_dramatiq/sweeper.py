@@ -34,7 +34,7 @@ from .background import BackgroundLoop
 from .lifecycle import RunRef
 from .metrics import observe
 from .retention import ExecutionRetention
-from .run import EXECUTION_ID, SEQ, admit_waiters, continuation, resend_overdue, send_resume
+from .run import EXECUTION_ID, admit_waiters, resend_overdue, resume_now
 from .runner import LocalRuns
 from .store import Store, Transaction
 from .transport import Transport
@@ -109,8 +109,7 @@ class Sweeper(BackgroundLoop):
             if found is None:
                 return 0  # it moved on meanwhile
             seq, payload = found
-            message = continuation(Message.decode(payload), **{SEQ: seq})
-            send_resume(self.store, self.transport, tx, run.execution_id, message, 0)
+            resume_now(self.store, self.transport, tx, payload, seq)
             return 1
 
         resumed = self.store.atomically(abandon)

@@ -43,7 +43,7 @@ from psycopg.types.json import Jsonb
 
 from . import lifecycle
 from .errors import JournalTooLarge, NonDeterminismError
-from .run import SEQ, Run, continuation, current_run, send_resume
+from .run import Run, current_run, resume_now
 from .serialization import error_to_json
 from .store import Store, Transaction
 from .timeline import DEPRECATED, patch_key
@@ -271,7 +271,7 @@ def unblock(store: Store, transport: Transport, execution_id: str) -> bool:
     def wake(tx: Transaction) -> bool:
         row = store.run(tx, "unblock", id=execution_id)
         if row is not None:
-            _wake(store, transport, tx, *row)
+            _wake(store, transport, tx, *row[1:])  # (id, wake_message, payload, seq)
         return row is not None
 
     return store.atomically(wake)
@@ -295,7 +295,7 @@ def wake_blocked(store: Store, transport: Transport, grace_s: float) -> list[str
             tx, "blocked_to_wake", actors=Jsonb(actors), grace_s=grace_s, limit=WAKE_BATCH
         )
         for row in rows:
-            _wake(store, transport, tx, *row)
+            _wake(store, transport, tx, *row[1:])  # (id, wake_message, payload, seq)
         return [row[0] for row in rows]
 
     woken = store.atomically(wake)
@@ -308,12 +308,10 @@ def _wake(
     store: Store,
     transport: Transport,
     tx: Transaction,
-    execution_id: str,
     wake_message: int | None,
     payload: bytes,
     seq: int,
 ) -> None:
     """Replace a blocked execution's pending wake-up with one due now."""
     transport.discard(tx, wake_message)
-    message = continuation(dramatiq.Message.decode(payload), **{SEQ: seq})
-    send_resume(store, transport, tx, execution_id, message, 0)
+    resume_now(store, transport, tx, payload, seq)
